@@ -1,0 +1,68 @@
+"""parlay: negotiated parallelism.
+
+The user says what resources there are (``parallel_config``); the algorithm's author says
+what the tasks need (``prefer``, ``require``); parlay decides where each call runs, runs it,
+and can say why (``Parallel(...).explain()``).
+
+Layers, each building only on those above it::
+
+    _exceptions, _budget          errors; cores, n_jobs arithmetic, the nesting budget
+    _config                       parallel_config, PARLAY_* environment, precedence
+    _backends._base, _worker      the backend contract; what runs around each batch
+    _backends                     registry (by name, loaded lazily) and the session cache
+    _negotiate                    decide(): pure, returns a Decision with its reasons
+    _batching, _runner            batch sizes; the dispatch loop of one call
+    _api                          Parallel, delayed: the front door
+"""
+
+from ._api import Parallel as Parallel
+from ._api import Task as Task
+from ._api import delayed as delayed
+from ._api import effective_n_jobs as effective_n_jobs
+from ._backends import register_backend as register_backend
+from ._backends import shutdown as shutdown
+from ._backends._base import Backend as Backend
+from ._backends._base import Capabilities as Capabilities
+from ._backends._base import Session as Session
+from ._budget import cpu_count as cpu_count
+from ._config import parallel_config as parallel_config
+from ._exceptions import BackendUnavailableError as BackendUnavailableError
+from ._exceptions import InternalError as InternalError
+from ._exceptions import ParlayError as ParlayError
+from ._exceptions import RemoteTraceback as RemoteTraceback
+from ._exceptions import SerializationError as SerializationError
+from ._exceptions import TaskTimeoutError as TaskTimeoutError
+from ._exceptions import WorkerDiedError as WorkerDiedError
+from ._negotiate import Decision as Decision
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "Capabilities",
+    "Decision",
+    "InternalError",
+    "Parallel",
+    "ParlayError",
+    "RemoteTraceback",
+    "SerializationError",
+    "Session",
+    "Task",
+    "TaskTimeoutError",
+    "WorkerDiedError",
+    "cpu_count",
+    "delayed",
+    "effective_n_jobs",
+    "parallel_config",
+    "register_backend",
+    "shutdown",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    try:
+        _obj.__module__ = __name__
+    except (AttributeError, TypeError):  # pragma: no cover - builtins cannot be renamed
+        pass
+del _name, _obj

@@ -1,0 +1,394 @@
+"""The front door: ``Parallel``, ``delayed``, ``effective_n_jobs``.
+
+``Parallel`` validates its arguments, resolves each setting against the user's context
+(:mod:`parlay._config`), asks :func:`parlay._negotiate.decide` where to run, takes a
+session from the backend registry and hands the tasks to :class:`parlay._runner.Call`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import numbers
+import re
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, final
+
+from . import _backends, _budget, _config
+from ._backends._base import Backend, Capabilities, Session
+from ._config import UNSET
+from ._negotiate import CallHints, Decision, UserContext, decide
+from ._runner import Call
+from ._worker import WorkerContext
+
+__all__ = ["Parallel", "Task", "delayed", "effective_n_jobs"]
+
+logger = logging.getLogger("parlay")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+RETURN_AS = ("list", "generator", "generator_unordered")
+
+
+class Task(NamedTuple, Generic[R]):
+    """One delayed call: ``func(*args, **kwargs)``, not yet run.
+
+    Immutable and typed; it still unpacks as ``func, args, kwargs`` for code written
+    against joblib's ``delayed``, which returns a plain tuple.
+    """
+
+    func: Callable[..., R]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def delayed(function: Callable[P, R]) -> Callable[P, Task[R]]:
+    """Capture a function's arguments as a :class:`Task`, for :class:`Parallel`.
+
+    Parameters
+    ----------
+    function : callable
+        The function each task calls. For process and cluster backends it must be
+        picklable with cloudpickle (lambdas and functions defined in ``__main__`` are).
+
+    Returns
+    -------
+    callable
+        Takes the same arguments as `function` and returns a :class:`Task`. Type
+        checkers see the signature of `function`: a wrong argument is an error at the
+        call site.
+
+    Examples
+    --------
+    >>> from parlay import delayed
+    >>> task = delayed(pow)(2, 10)
+    >>> func, args, kwargs = task
+    >>> func(*args, **kwargs)
+    1024
+    """
+    if not callable(function):
+        raise TypeError(f"delayed() needs a callable, got {type(function).__name__}: {function!r}")
+
+    def make_task(*args: P.args, **kwargs: P.kwargs) -> Task[R]:
+        # tuple.__new__ skips NamedTuple's Python-level __new__: this runs once per task.
+        return tuple.__new__(Task, (function, args, kwargs))  # type: ignore[type-var,return-value]
+
+    try:
+        functools.update_wrapper(make_task, function)
+    except AttributeError:  # some callables (partials, C objects) lack __name__ and friends
+        pass
+    return make_task
+
+
+def check_task(item: object, index: int) -> tuple[Any, ...]:
+    """Accept a :class:`Task` or joblib's ``(func, args, kwargs)`` triple; else TypeError."""
+    if type(item) is Task:
+        return item
+    if (
+        isinstance(item, tuple)
+        and len(item) == 3
+        and callable(item[0])
+        and isinstance(item[1], tuple | list)
+        and isinstance(item[2], dict | None)
+    ):
+        return (item[0], tuple(item[1]), item[2] or {})
+    shown = repr(item)
+    shown = shown if len(shown) < 80 else shown[:77] + "..."
+    raise TypeError(
+        f"task {index} is not a delayed call: got {type(item).__name__} {shown}. "
+        "Build tasks with parlay.delayed(f)(*args, **kwargs)."
+    )
+
+
+_PRE_DISPATCH = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?n_jobs\s*$")
+
+
+def _check_pre_dispatch(value: object) -> str | int:
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "all" or _PRE_DISPATCH.match(text) or text.isdigit():
+            return text
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise ValueError(
+        f"pre_dispatch must be 'all', a positive int, or an expression like '2 * n_jobs'; "
+        f"got {value!r}"
+    )
+
+
+def _pre_dispatch_batches(value: str | int, n_jobs: int) -> int | None:
+    """How many batches may be in flight; None for 'all'."""
+    if isinstance(value, int):
+        return value
+    if value == "all":
+        return None
+    if value.isdigit():
+        return max(1, int(value))
+    match = _PRE_DISPATCH.match(value)
+    factor = int(match.group(1)) if match and match.group(1) else 1
+    return max(1, factor * n_jobs)
+
+
+def _check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"timeout must be None or a number of seconds, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"timeout must be None or > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _check_batch_size(value: object) -> int | None:
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"batch_size must be 'auto' or a positive int, got {value!r}")
+    return int(value)
+
+
+def _none_to_unset(value: object) -> object:
+    return UNSET if value is None else value
+
+
+@final
+class Parallel:
+    """Run delayed calls in parallel, on the backend the negotiation picks.
+
+    joblib's ``Parallel``, with its signature and semantics, so code written for joblib
+    runs unchanged. The author of the calling code gives hints (``prefer``,
+    ``require``); the user gives resources (:class:`parallel_config`, ``PARLAY_*``
+    environment variables); an explicit argument beats both. :meth:`explain` says what
+    was chosen and why.
+
+    Parameters
+    ----------
+    n_jobs : int, optional
+        Workers: a positive count, ``-1`` for all cores, ``-2`` for all but one, ...
+        Unset (or None), the context's value, else 1 (tasks run inline), as joblib.
+        Inside a running task, negative values count the cores that task was given.
+    backend : str or Backend, optional
+        ``"sequential"``, ``"threads"`` (``"threading"``), ``"processes"``
+        (``"loky"``, ``"multiprocessing"``) or a registered name. Unset, the user's
+        context decides, then ``prefer``, then the default (processes).
+    return_as : {"list", "generator", "generator_unordered"}, default="list"
+        A list in task order; a generator in task order, yielding each result as soon
+        as it and the ones before it are done; or a generator in completion order.
+    verbose : int, default=0
+        When positive, the decision and a summary of each call are logged at INFO on
+        the ``parlay`` logger (parlay never prints).
+    timeout : float, optional
+        Seconds a task may run. Enforced per batch (automatic batching keeps batches
+        under a quarter of it); past it, :class:`parlay.TaskTimeoutError` (also a
+        built-in ``TimeoutError``) is raised and the stuck work is cancelled, and killed
+        on backends whose workers can be killed (processes).
+    pre_dispatch : int or str, default="2 * n_jobs"
+        How many batches may be queued or running at once (``"all"``: no limit, the
+        task iterable is consumed at once).
+    batch_size : int or "auto", default="auto"
+        Tasks per batch. ``"auto"`` aims each batch at a duration suited to the
+        backend, from measured task times, so tiny tasks do not drown in overhead.
+    temp_folder, max_nbytes, mmap_mode
+        joblib's settings for large arguments; accepted and validated so joblib code
+        runs unchanged.
+    prefer : {"threads", "processes"}, optional
+        The author's soft hint: what suits the tasks when the user set no backend.
+    require : {"sharedmem"}, optional
+        The author's hard constraint: the tasks write into objects of the caller, so
+        they run where memory is shared (threads), whatever the context says.
+    return_exceptions : bool, default=False
+        Return a task's exception in place of its result instead of raising it, so
+        the other results are kept. Errors of the pool itself (a dead worker, a
+        timeout) are still raised.
+
+    Examples
+    --------
+    >>> from parlay import Parallel, delayed
+    >>> Parallel(n_jobs=2, backend="threads")(delayed(pow)(i, 2) for i in range(5))
+    [0, 1, 4, 9, 16]
+    >>> print(Parallel(n_jobs=2, require="sharedmem").explain())  # doctest: +ELLIPSIS
+    backend='threads' with 2 workers (rule: require)
+    ...
+    """
+
+    def __init__(
+        self,
+        n_jobs: int | None = None,
+        backend: str | Backend | None = None,
+        return_as: Literal["list", "generator", "generator_unordered"] = "list",
+        verbose: int = 0,
+        timeout: float | None = None,
+        pre_dispatch: str | int = "2 * n_jobs",
+        batch_size: int | Literal["auto"] = "auto",
+        temp_folder: str | None = None,
+        max_nbytes: int | str | None = "1M",
+        mmap_mode: str | None = "r",
+        prefer: Literal["threads", "processes"] | None = None,
+        require: Literal["sharedmem"] | None = None,
+        *,
+        return_exceptions: bool = False,
+    ) -> None:
+        n_jobs_arg = _none_to_unset(n_jobs)
+        self._n_jobs = n_jobs_arg if n_jobs_arg is UNSET else _config.check_n_jobs(n_jobs_arg)
+        backend_arg = _none_to_unset(backend)
+        self._backend = backend_arg if backend_arg is UNSET else _config.check_backend(backend_arg)
+        self._return_as = _config.check_choice(return_as, "return_as", RETURN_AS)
+        self._verbose = _config.check_verbose(verbose)
+        self._timeout = _check_timeout(timeout)
+        self._pre_dispatch = _check_pre_dispatch(pre_dispatch)
+        self._batch_size = _check_batch_size(batch_size)
+        _config.check_temp_folder(temp_folder)
+        _config.check_max_nbytes(max_nbytes)
+        _config.check_choice(mmap_mode, "mmap_mode", _config.MMAP_MODES)
+        self._prefer = _none_to_unset(_config.check_choice(prefer, "prefer",
+                                                           _config.PREFER_VALUES))  # fmt: skip
+        self._require = _none_to_unset(_config.check_choice(require, "require",
+                                                            _config.REQUIRE_VALUES))  # fmt: skip
+        if not isinstance(return_exceptions, bool):
+            raise TypeError(f"return_exceptions must be a bool, got {return_exceptions!r}")
+        self._return_exceptions = return_exceptions
+        self._managed: tuple[Decision, Backend, Session, bool] | None = None
+
+    # -- the negotiation ----------------------------------------------------------------
+
+    def _negotiate(self) -> tuple[Decision, Backend]:
+        nesting = _budget.current_nesting()
+        backend = _config.resolve("backend", self._backend, None)
+        n_jobs = _config.resolve("n_jobs", self._n_jobs, None)
+        prefer = _config.resolve("prefer", self._prefer, None)
+        require = _config.resolve("require", self._require, None)
+        instances = {b.name: b for b in (backend.value,) if isinstance(b, Backend)}
+        name = backend.value.name if isinstance(backend.value, Backend) else backend.value
+
+        def capabilities(backend_name: str) -> Capabilities:
+            if backend_name in instances:
+                return instances[backend_name].capabilities
+            return _backends.capabilities_of(backend_name)
+
+        explicit = backend.source == "argument"
+        hints = CallHints(
+            backend=name if explicit else None,
+            n_jobs=n_jobs.value if n_jobs.source == "argument" else None,
+            prefer=prefer.value, prefer_from=prefer.describe(),
+            require=require.value, require_from=require.describe(),
+        )  # fmt: skip
+        context = UserContext(
+            cores=_budget.cpu_count(),
+            backend=None if explicit else name, backend_from=backend.describe(),
+            backend_level=backend.level,
+            n_jobs=None if n_jobs.source == "argument" else n_jobs.value,
+            n_jobs_from=n_jobs.describe(),
+        )  # fmt: skip
+        decision = decide(hints, context, capabilities, nesting)
+        if decision.backend in instances:
+            return decision, instances[decision.backend]
+        params = backend.params if decision.backend == name else {}
+        return decision, _backends.backend_class(decision.backend)(**params)
+
+    def explain(self) -> Decision:
+        """Say where a call of this ``Parallel`` would run, and why, without running it.
+
+        Returns
+        -------
+        Decision
+            A frozen record (``backend``, ``n_jobs``, ``rule``, ``reasons``, ...) whose
+            text form is the decision in words.
+
+        Examples
+        --------
+        >>> from parlay import Parallel, parallel_config
+        >>> with parallel_config(backend="threads"):
+        ...     Parallel(n_jobs=2, prefer="processes").explain().backend
+        'threads'
+        """
+        if self._managed is not None:
+            return self._managed[0]
+        return self._negotiate()[0]
+
+    # -- running ------------------------------------------------------------------------
+
+    def _open(self) -> tuple[Decision, Backend, Session, bool]:
+        """The decision, backend and session for a call; True if the caller must close it."""
+        if self._managed is not None:
+            return self._managed
+        decision, backend = self._negotiate()
+        cached = decision.nesting_level == 0
+        session = _backends.acquire_session(backend, decision, cached=cached)
+        if self._verbose:
+            logger.info("Parallel: %s", decision)
+        return decision, backend, session, not cached
+
+    def __call__(self, iterable: Iterable[Task[R]] | Iterable[Any]) -> Any:
+        """Run the tasks of `iterable`; see ``return_as`` for what comes back."""
+        decision, backend, session, private = self._open()
+        owns_session = private and self._managed is None
+        caps = backend.capabilities
+        nesting = _budget.current_nesting()
+        if not caps.inline:
+            nesting = _budget.Nesting(
+                level=nesting.level + 1,
+                budget=decision.inner_budget,
+                parent=f"{decision.backend!r} with {decision.n_jobs} workers",
+            )
+        call = Call(
+            iterable,
+            session=session,
+            capabilities=caps,
+            backend_name=decision.backend,
+            context=WorkerContext(nesting, _config.current_layers()),
+            batch_size=self._batch_size,
+            pre_dispatch=_pre_dispatch_batches(self._pre_dispatch, decision.n_jobs),
+            timeout=self._timeout,
+            return_exceptions=self._return_exceptions,
+            check_task=check_task,
+            on_close=session.close if owns_session else None,
+        )
+        call.start()
+        if self._return_as == "list":
+            return call.results_list()
+        if self._return_as == "generator":
+            return call.results_ordered()
+        return call.results_unordered()
+
+    def __enter__(self) -> Parallel:
+        """Fix the decision and hold one session for every call in the block."""
+        if self._managed is not None:
+            raise RuntimeError("this Parallel is already in use as a context manager")
+        self._managed = self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        managed, self._managed = self._managed, None
+        if managed is not None and managed[3]:
+            managed[2].close()
+
+    def __repr__(self) -> str:
+        shown = {"n_jobs": self._n_jobs, "backend": self._backend, "prefer": self._prefer,
+                 "require": self._require}  # fmt: skip
+        args = ", ".join(f"{k}={v!r}" for k, v in shown.items() if v is not UNSET)
+        return f"Parallel({args})"
+
+
+def effective_n_jobs(n_jobs: int | None = -1) -> int:
+    """The number of workers a call with this `n_jobs` would use here, now.
+
+    Takes the user's context into account, as a call would: inside
+    ``parallel_config(n_jobs=4)``, ``effective_n_jobs(None)`` is 4; inside a task it
+    counts the task's budget.
+
+    Examples
+    --------
+    >>> from parlay import effective_n_jobs, cpu_count
+    >>> effective_n_jobs(-1) == cpu_count()
+    True
+    >>> effective_n_jobs(1)
+    1
+    """
+    return Parallel(n_jobs=n_jobs).explain().n_jobs

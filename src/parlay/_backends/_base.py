@@ -1,0 +1,128 @@
+"""The backend contract: what an engine must offer parlay's core.
+
+A :class:`Backend` is a named engine with a frozen :class:`Capabilities` record. Its
+:meth:`Backend.open` returns a :class:`Session`: a pool of workers that runs batches of
+tasks and answers each with a :class:`concurrent.futures.Future`. Batching, ordering,
+timeouts, nesting and errors are written once in the core (``_runner.py``) on top of
+these few methods, as :meth:`concurrent.futures.Executor.map` is built on ``submit``.
+
+To add an engine, subclass :class:`Backend` and :class:`Session` and register the
+backend by name with :func:`parlay.register_backend`; :func:`parlay.testing.check_backend`
+runs the conformance checks every backend must pass.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .._negotiate import Decision
+    from .._worker import Batch, BatchResult
+
+__all__ = ["Backend", "Capabilities", "Session"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do; the negotiation and the runner read only these facts.
+
+    Attributes
+    ----------
+    shared_memory : bool
+        Tasks see the caller's objects, so writes into a shared array are visible
+        (``require="sharedmem"`` needs this).
+    separate_processes : bool
+        Tasks run in other processes: everything they take and return is pickled.
+    distributed : bool
+        Workers may live on other machines (a cluster engine).
+    can_kill : bool
+        A running task can be stopped (by killing its worker) on timeout or Ctrl-C.
+    inline : bool
+        Tasks run in the caller's own thread, one after another.
+    batch_seconds : float
+        The duration automatic batching aims each batch at: long enough that the cost
+        of sending a batch is small beside its work, short enough to balance the load.
+    """
+
+    shared_memory: bool
+    separate_processes: bool
+    distributed: bool = False
+    can_kill: bool = False
+    inline: bool = False
+    batch_seconds: float = 0.02
+
+
+class Session(abc.ABC):
+    """An open pool of workers, reused by many calls (possibly from several threads).
+
+    Attributes
+    ----------
+    n_workers : int
+        How many batches the session runs at once.
+    """
+
+    n_workers: int
+
+    @abc.abstractmethod
+    def submit(self, batch: Batch) -> Future[BatchResult]:
+        """Start running `batch`; return a future of its :class:`BatchResult`.
+
+        Engine errors that mean the pool is broken (a worker died) are raised by the
+        future as :class:`parlay.WorkerDiedError`; errors the batch could not be sent
+        for (pickling) are raised here as :class:`parlay.SerializationError`.
+        """
+
+    def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
+        """Cancel `futures` that have not started; with `kill`, stop running ones too.
+
+        Killing is best effort and only where the backend's ``can_kill`` capability
+        says so; the default cancels pending futures only.
+        """
+        for future in futures:
+            future.cancel()
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the workers. Idempotent."""
+
+    def describe(self) -> str:
+        """A short description for explain() and messages, e.g. ``processes (2 workers)``."""
+        return f"{type(self).__name__} ({self.n_workers} workers)"
+
+
+class Backend(abc.ABC):
+    """A named engine and what it can do; opens sessions.
+
+    Subclasses set :attr:`name` and :attr:`capabilities` as class attributes (the
+    negotiation reads them without starting anything), take their options as keyword
+    arguments of ``__init__`` (rejecting unknown ones with ``TypeError``), and
+    implement :meth:`open`. Engines are imported in :meth:`open`, never at module level.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise TypeError(
+                f"backend {self.name!r} takes no parameters, got {sorted(params)}"
+            )
+
+    @abc.abstractmethod
+    def open(self, decision: Decision) -> Session:
+        """Open a session sized for `decision` (``decision.n_jobs`` workers)."""
+
+    def session_key(self) -> tuple[Any, ...]:
+        """What makes two sessions of this backend interchangeable, beyond the worker count.
+
+        Sessions are cached by ``(name, n_workers, session_key())``; a backend whose
+        parameters change the engine (an address, say) includes them here.
+        """
+        return ()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

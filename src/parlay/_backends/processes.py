@@ -1,0 +1,167 @@
+"""A pool of worker processes (``backend="processes"``), on loky's ProcessPoolExecutor.
+
+loky gives spawn-safe workers that start in milliseconds, cloudpickle for functions
+defined in ``__main__`` or a notebook, and workers that can be killed. parlay keeps its
+own executor per pool size rather than loky's process-wide reusable one, so that joblib
+(which uses that one) and parlay never resize each other's pool.
+
+Batches are pickled here (:func:`parlay._worker.pack`) and unpickled by parlay in the
+worker, so that each serialization failure names its task.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, final
+
+from .._exceptions import WorkerDiedError
+from .._worker import pack, run_packed, unpack
+from ._base import Backend, Capabilities, Session
+
+if TYPE_CHECKING:
+    from .._negotiate import Decision
+    from .._worker import Batch, BatchResult
+
+logger = logging.getLogger(__name__)
+
+# Idle workers exit after this many seconds and are started again on demand.
+IDLE_WORKER_TIMEOUT = 300
+
+
+class _ChainedFuture(Future[Any]):
+    """A future fed by another one; cancelling it cancels the source."""
+
+    def __init__(self, source: Future[Any]) -> None:
+        super().__init__()
+        self._source = source
+
+    def cancel(self) -> bool:
+        return self._source.cancel() and super().cancel()
+
+
+def chain(source: Future[Any], convert: Callable[[Any], Any],
+          map_error: Callable[[BaseException], BaseException]) -> Future[Any]:
+    """A future of ``convert(source.result())``, with ``map_error`` applied to errors."""
+    target = _ChainedFuture(source)
+
+    def _done(done: Future[Any]) -> None:
+        if done.cancelled():
+            Future.cancel(target)
+            return
+        if not target.set_running_or_notify_cancel():
+            return
+        error = done.exception()
+        if error is not None:
+            target.set_exception(map_error(error))
+            return
+        try:
+            target.set_result(convert(done.result()))
+        except BaseException as exc:
+            target.set_exception(exc)
+
+    source.add_done_callback(_done)
+    return target
+
+
+_EXIT_CODES = re.compile(r"exit codes of the workers are (\{[^}]*\})")
+
+
+def _describe_exit(exc: BaseException) -> str | None:
+    match = _EXIT_CODES.search(str(exc))
+    return match.group(1) if match else None
+
+
+@final
+class ProcessesSession(Session):
+    """A loky executor, replaced by a fresh one after a worker dies or is killed."""
+
+    def __init__(self, n_workers: int) -> None:
+        self.n_workers = n_workers
+        self._lock = threading.Lock()
+        self._executor: Any = None
+
+    def _live_executor(self) -> Any:
+        with self._lock:
+            if self._executor is None:
+                from loky import ProcessPoolExecutor
+
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.n_workers, timeout=IDLE_WORKER_TIMEOUT
+                )
+            return self._executor
+
+    def _discard(self, executor: Any, *, kill: bool) -> None:
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        if executor is not None:
+            executor.shutdown(wait=False, kill_workers=kill)
+
+    def submit(self, batch: Batch) -> Future[BatchResult]:
+        from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
+
+        payload = pack(batch)
+        for attempt in (1, 2):
+            executor = self._live_executor()
+            try:
+                source = executor.submit(run_packed, payload)
+                break
+            except (BrokenProcessPool, ShutdownExecutorError):
+                # The pool broke after the last call (a worker died): start a new one.
+                self._discard(executor, kill=True)
+                if attempt == 2:
+                    raise
+        return chain(source, lambda data: unpack(data, batch),
+                     lambda error: self._map_error(error, batch, executor))
+
+    def _map_error(self, error: BaseException, batch: Batch, executor: Any) -> BaseException:
+        from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
+
+        if isinstance(error, BrokenProcessPool | ShutdownExecutorError):
+            self._discard(executor, kill=True)
+            codes = _describe_exit(error)
+            first, last = batch.start, batch.start + len(batch) - 1
+            cause = f"exit codes {codes}" if codes else "the pool was shut down"
+            mapped = WorkerDiedError(
+                f"a worker process died while tasks {first}..{last} were running or "
+                f"queued ({cause}). A task may have crashed the interpreter, called "
+                "os._exit(), been killed by a signal or run out of memory. The pool has "
+                "been replaced: the next call works.",
+                tasks=tuple(batch.indices),
+                exit_codes=codes,
+            )
+            mapped.__cause__ = error
+            return mapped
+        return error
+
+    def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
+        running = [future for future in futures if not future.cancel() and not future.done()]
+        if kill and running:
+            logger.debug("killing the workers of %s", self.describe())
+            self._discard(self._executor, kill=True)
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=True)
+
+    def describe(self) -> str:
+        return f"processes ({self.n_workers} loky workers)"
+
+
+@final
+class ProcessesBackend(Backend):
+    """Worker processes: true parallelism for Python code that holds the GIL."""
+
+    name = "processes"
+    capabilities = Capabilities(
+        shared_memory=False, separate_processes=True, can_kill=True, batch_seconds=0.05
+    )
+
+    def open(self, decision: Decision) -> Session:
+        return ProcessesSession(decision.n_jobs)

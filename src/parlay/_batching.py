@@ -1,0 +1,56 @@
+"""How many tasks go in each batch.
+
+Sending a batch to a worker has a fixed cost (a queue, pickling, a future: from a few
+microseconds on threads to hundreds on a cluster), so tiny tasks are grouped. With
+``batch_size="auto"`` a controller aims each batch at the backend's target duration
+(``Capabilities.batch_seconds``), from the compute time that workers measure, as
+joblib's does from round trips. Two limits keep the load balanced: while the number of
+tasks left is known, a batch takes at most a ``1 / (2 * n_workers)`` share of them (so
+batches shrink towards the end and no worker is left alone with a long tail), and with
+a timeout a batch aims at a quarter of it, because the timeout is enforced per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+__all__ = ["BatchSizer"]
+
+# Weight of the newest measurement in the running per-task estimate.
+_SMOOTHING: Final = 0.5
+
+
+class BatchSizer:
+    """Batch sizes for one call: fixed, or adapted to measured task durations."""
+
+    __slots__ = ("_fixed", "_n_workers", "_per_task", "_target")
+
+    def __init__(
+        self, batch_size: int | None, *, target: float, n_workers: int, timeout: float | None
+    ) -> None:
+        self._fixed = batch_size
+        self._n_workers = max(1, n_workers)
+        self._target = target if timeout is None else min(target, timeout / 4)
+        self._per_task: float | None = None
+
+    def next_size(self, remaining: int | None) -> int:
+        """Size of the next batch; `remaining` is the count of tasks left, if known."""
+        if self._fixed is not None:
+            return self._fixed
+        if self._per_task is None:
+            return 1  # measure one task before guessing
+        size = max(1, int(self._target / self._per_task))
+        if remaining is not None:
+            size = min(size, max(1, math.ceil(remaining / (2 * self._n_workers))))
+        return size
+
+    def observe(self, n_tasks: int, elapsed: float) -> None:
+        """Record that a batch of `n_tasks` took `elapsed` seconds of work in a worker."""
+        if self._fixed is not None or n_tasks <= 0:
+            return
+        per_task = max(elapsed / n_tasks, 1e-8)
+        if self._per_task is None:
+            self._per_task = per_task
+        else:
+            self._per_task += _SMOOTHING * (per_task - self._per_task)

@@ -1,0 +1,123 @@
+"""Cores, n_jobs arithmetic and the nesting budget each running task carries.
+
+The budget is the number of cores a running task may use for parallel work of its own.
+It travels with the task: a contextvar in the caller and in thread workers (each batch
+runs in a copy of the caller's context), and a field of the batch payload for workers
+in other processes, where :func:`parlay._worker.run_batch` sets the same contextvar. It
+is never a process global that concurrent calls could race on.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["Nesting", "cpu_count", "current_nesting", "n_jobs_to_workers", "split_budget"]
+
+
+@dataclass(frozen=True, slots=True)
+class Nesting:
+    """Where the current code runs: at top level, or inside a task of a parallel call.
+
+    Attributes
+    ----------
+    level : int
+        0 at top level; 1 inside a task of a top-level call; and so on.
+    budget : int or None
+        The cores this code may use; None at top level, where it is :func:`cpu_count`.
+    parent : str
+        The backend and worker count of the call that gave the budget, for ``explain()``.
+    """
+
+    level: int = 0
+    budget: int | None = None
+    parent: str = ""
+
+
+TOP_LEVEL: Final = Nesting()
+_NESTING: contextvars.ContextVar[Nesting] = contextvars.ContextVar("parlay_nesting", default=TOP_LEVEL)
+
+
+def current_nesting() -> Nesting:
+    """Return the nesting record of the running code (``TOP_LEVEL`` outside any task)."""
+    return _NESTING.get()
+
+
+def set_nesting(nesting: Nesting) -> contextvars.Token[Nesting]:
+    """Enter `nesting` in the current context; reset with the returned token."""
+    return _NESTING.set(nesting)
+
+
+def reset_nesting(token: contextvars.Token[Nesting]) -> None:
+    """Leave the nesting entered with :func:`set_nesting`."""
+    _NESTING.reset(token)
+
+
+_cpu_count_cache: dict[bool, int] = {}
+
+
+def cpu_count(only_physical_cores: bool = False) -> int:
+    """Return the number of CPUs this process may use.
+
+    Honours CPU affinity, cgroup quotas (containers) and ``LOKY_MAX_CPU_COUNT``, as
+    loky's ``cpu_count`` does, which this calls.
+
+    Parameters
+    ----------
+    only_physical_cores : bool, default=False
+        Count physical cores only, not hyper-threads, where the platform tells them apart.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> from parlay import cpu_count
+    >>> cpu_count() >= 1
+    True
+    """
+    if not isinstance(only_physical_cores, bool):
+        raise TypeError(
+            f"only_physical_cores must be a bool, got {type(only_physical_cores).__name__}"
+        )
+    # loky reads cgroups and affinity; imported here, not at module level, to keep
+    # `import parlay` fast. Cached: the quota does not change under a running process,
+    # and the call reads several files.
+    if only_physical_cores not in _cpu_count_cache:
+        from loky import cpu_count as _loky_cpu_count
+
+        _cpu_count_cache[only_physical_cores] = max(
+            1, int(_loky_cpu_count(only_physical_cores=only_physical_cores))
+        )
+    return _cpu_count_cache[only_physical_cores]
+
+
+def n_jobs_to_workers(n_jobs: int, cores: int) -> int:
+    """Turn joblib's n_jobs into a worker count over `cores` cores.
+
+    ``-1`` means all cores, ``-2`` all but one, and so on down to 1; a positive value is
+    taken as it is. 0 is rejected earlier, at validation.
+    """
+    if n_jobs < 0:
+        return max(cores + 1 + n_jobs, 1)
+    return n_jobs
+
+
+def split_budget(cores: int, workers: int) -> int:
+    """Cores each of `workers` concurrent tasks may use, out of `cores`."""
+    return max(1, cores // max(1, workers))
+
+
+def env_int(name: str) -> int | None:
+    """Read an integer environment variable, None when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None

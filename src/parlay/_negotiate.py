@@ -1,0 +1,230 @@
+"""The negotiation: one pure function from (author's hints, user's context) to a Decision.
+
+No I/O, no engine import: :func:`decide` reads the hints of the call, the user's
+context, the capabilities of the backends involved and where the call is nested, and
+returns a frozen :class:`Decision` that carries its reasons. ``Parallel.explain()``
+formats that record; it never decides again.
+
+The rules, highest first:
+
+1. ``require="sharedmem"`` is a hard constraint: the call gets a backend whose tasks
+   share the caller's memory (threads), whatever the context says. An explicit
+   process or cluster backend on the call itself with it is a ``ValueError``.
+2. An explicit ``backend=`` argument of the call is taken as it is.
+3. The user's context (``parallel_config``, then ``PARLAY_BACKEND``) beats ``prefer``.
+4. ``prefer`` applies where the user set no backend.
+5. Otherwise the default: processes.
+6. One worker (effective ``n_jobs == 1``) runs inline, unless the backend is a cluster.
+7. Inside a task (nesting), ``n_jobs`` counts the cores the task was given (its budget),
+   and a backend inherited from outside the task is replaced by threads (or inline for
+   a budget of 1), so a task never waits on the pool that runs it. Cluster backends are
+   kept: their nested calls go back to the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from ._backends._base import Capabilities
+from ._budget import Nesting, n_jobs_to_workers, split_budget
+
+__all__ = ["CallHints", "Decision", "UserContext", "decide"]
+
+DEFAULT_BACKEND: Final = "processes"
+SHAREDMEM_BACKEND: Final = "threads"
+INLINE_BACKEND: Final = "sequential"
+
+
+@dataclass(frozen=True, slots=True)
+class CallHints:
+    """What the author's call says. Each ``*_from`` tells where the value came from."""
+
+    backend: str | None = None
+    n_jobs: int | None = None
+    n_jobs_from: str = "the call's argument"
+    prefer: str | None = None
+    prefer_from: str = "the call's argument"
+    require: str | None = None
+    require_from: str = "the call's argument"
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    """What the user's side says: parallel_config, the environment, the machine.
+
+    ``backend_level`` is the nesting level the backend setting was made at: a setting
+    made outside the running task does not pick the backend of calls inside it.
+    """
+
+    cores: int
+    backend: str | None = None
+    backend_from: str = "parallel_config"
+    backend_level: int = 0
+    n_jobs: int | None = None
+    n_jobs_from: str = "parallel_config"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a call runs and why.
+
+    Attributes
+    ----------
+    backend : str
+        The backend's registered name.
+    n_jobs : int
+        How many workers the call uses.
+    rule : str
+        The rule that picked the backend: ``"require"``, ``"explicit"``, ``"context"``,
+        ``"prefer"``, ``"default"``, ``"n_jobs=1"`` or ``"nested"``.
+    reasons : tuple of str
+        The decision in words, one sentence each, including what was overridden.
+    inner_budget : int
+        Cores each task may use for its own parallel work.
+    cores : int
+        Cores available to the call (the machine's, or the budget of the task it runs in).
+    nesting_level : int
+        0 at top level, 1 inside a task, ...
+    """
+
+    backend: str
+    n_jobs: int
+    rule: str
+    reasons: tuple[str, ...] = field(default=())
+    inner_budget: int = 1
+    cores: int = 1
+    nesting_level: int = 0
+
+    def __str__(self) -> str:
+        plural = "worker" if self.n_jobs == 1 else "workers"
+        head = f"backend={self.backend!r} with {self.n_jobs} {plural} (rule: {self.rule})"
+        return "\n".join([head, *(f"  - {reason}" for reason in self.reasons)])
+
+    __repr__ = __str__
+
+
+def decide(
+    hints: CallHints,
+    context: UserContext,
+    capabilities: Callable[[str], Capabilities],
+    nesting: Nesting,
+) -> Decision:
+    """Decide the backend and worker count of one call; see the module docstring."""
+    nested = nesting.level > 0 and nesting.budget is not None
+    cores = nesting.budget if nested and nesting.budget is not None else context.cores
+    reasons: list[str] = []
+    if nested:
+        reasons.append(
+            f"this call runs inside a task of {nesting.parent or 'an outer call'} "
+            f"(nesting level {nesting.level}), which gave it a budget of {cores} "
+            f"core{'s' if cores != 1 else ''}"
+        )
+
+    n_jobs, n_jobs_from = _requested_n_jobs(hints, context)
+    workers = n_jobs_to_workers(n_jobs, cores)
+    counted = f"over {cores} core{'s' if cores != 1 else ''} " if n_jobs < 0 else ""
+    reasons.append(f"n_jobs={n_jobs} ({n_jobs_from}) {counted}gives {workers} worker"
+                   f"{'s' if workers != 1 else ''}")  # fmt: skip
+
+    backend, rule = _pick_backend(hints, context, capabilities, nesting, workers, reasons)
+    caps = capabilities(backend)
+    if caps.inline:
+        workers = 1
+    elif workers == 1 and not caps.distributed:
+        reasons.append(f"one worker: the tasks run inline in the caller rather than on "
+                       f"{backend!r}, which would only add overhead")  # fmt: skip
+        backend, rule = INLINE_BACKEND, "n_jobs=1"
+        caps = capabilities(backend)
+
+    inner = cores if caps.inline else split_budget(cores, workers)
+    reasons.append(f"each task may use {inner} core{'s' if inner != 1 else ''} for its own "
+                   "parallel work (nested calls)")  # fmt: skip
+    return Decision(backend, workers, rule, tuple(reasons), inner, cores, nesting.level)
+
+
+def _requested_n_jobs(hints: CallHints, context: UserContext) -> tuple[int, str]:
+    if hints.n_jobs is not None:
+        return hints.n_jobs, hints.n_jobs_from
+    if context.n_jobs is not None:
+        return context.n_jobs, context.n_jobs_from
+    return 1, "the default, as joblib's"
+
+
+def _pick_backend(
+    hints: CallHints,
+    context: UserContext,
+    capabilities: Callable[[str], Capabilities],
+    nesting: Nesting,
+    workers: int,
+    reasons: list[str],
+) -> tuple[str, str]:
+    """Rules 1 to 5 and 7 of the module docstring; returns (backend, rule)."""
+    context_backend = context.backend
+    if context_backend is not None and nesting.level > context.backend_level:
+        if capabilities(context_backend).distributed:
+            reasons.append(f"{context_backend!r} from {context.backend_from} outside the task "
+                           "is a cluster: nested calls go back to it")  # fmt: skip
+        else:
+            reasons.append(f"{context_backend!r} from {context.backend_from} was set outside "
+                           "the running task, so it does not pick this nested call's backend")
+            context_backend = None
+
+    if hints.require == "sharedmem":
+        return _sharedmem_backend(hints, context_backend, context, capabilities, reasons)
+    if hints.backend is not None:
+        reasons.append(f"backend={hints.backend!r} is the call's own argument")
+        return hints.backend, "explicit"
+    if context_backend is not None:
+        note = ""
+        if hints.prefer is not None:
+            note = f"; it beats prefer={hints.prefer!r} ({hints.prefer_from})"
+        reasons.append(f"backend={context_backend!r} comes from {context.backend_from}{note}")
+        return context_backend, "context"
+    if nesting.level > 0 and nesting.budget is not None:
+        chosen = SHAREDMEM_BACKEND if workers > 1 else INLINE_BACKEND
+        reasons.append(f"inside a task, a call runs on {chosen!r} so that it never waits "
+                       "on the pool running its parent (no deadlock)")  # fmt: skip
+        return chosen, "nested"
+    if hints.prefer is not None:
+        reasons.append(f"prefer={hints.prefer!r} ({hints.prefer_from}) and the user set no "
+                       "backend")  # fmt: skip
+        return hints.prefer, "prefer"
+    reasons.append(f"no backend was set or preferred: the default is {DEFAULT_BACKEND!r}, "
+                   "which runs Python code in parallel whatever the GIL")  # fmt: skip
+    return DEFAULT_BACKEND, "default"
+
+
+def _sharedmem_backend(
+    hints: CallHints,
+    context_backend: str | None,
+    context: UserContext,
+    capabilities: Callable[[str], Capabilities],
+    reasons: list[str],
+) -> tuple[str, str]:
+    why = f"require='sharedmem' ({hints.require_from})"
+    if hints.backend is not None:
+        if not capabilities(hints.backend).shared_memory:
+            raise ValueError(
+                f"backend={hints.backend!r} and require='sharedmem' contradict each other: "
+                f"{hints.backend!r} runs tasks in other processes, which cannot write into "
+                "the caller's objects. Use backend='threads' or drop require='sharedmem'."
+            )
+        reasons.append(f"backend={hints.backend!r} is the call's own argument and shares "
+                       f"memory, as {why} needs")  # fmt: skip
+        return hints.backend, "explicit"
+    if context_backend is not None and capabilities(context_backend).shared_memory:
+        reasons.append(f"backend={context_backend!r} comes from {context.backend_from} and "
+                       f"shares memory, as {why} needs")  # fmt: skip
+        return context_backend, "context"
+    if context_backend is not None:
+        reasons.append(f"{why}: the tasks write into shared objects, so they run on "
+                       f"{SHAREDMEM_BACKEND!r} instead of {context_backend!r} from "
+                       f"{context.backend_from}, whose workers do not share memory")
+    elif hints.prefer is not None and hints.prefer != SHAREDMEM_BACKEND:
+        reasons.append(f"{why} overrides prefer={hints.prefer!r}: the tasks need shared "
+                       f"memory, so {SHAREDMEM_BACKEND!r}")  # fmt: skip
+    else:
+        reasons.append(f"{why}: the tasks need shared memory, so {SHAREDMEM_BACKEND!r}")
+    return SHAREDMEM_BACKEND, "require"

@@ -1,0 +1,261 @@
+"""The dispatch loop of one call: batches out, results, errors and timeouts back.
+
+::
+
+    caller's thread (the only one that touches the task iterator and the call's state)
+    ──────────────────────────────────────────────────────────────────────────────────
+      tasks ──► _take() validates, BatchSizer sizes ──► batch_of() ──► session.submit()
+                                                                          │ Future
+      in-flight: {seq: _InFlight(batch, future, started)}  ◄──────────────┘
+            ▲                                                             │
+            │ seq                                                         ▼
+      done queue (SimpleQueue) ◄── future.add_done_callback ◄── worker (thread / process /
+            │                      (runs in the engine's thread)           inline) runs
+            ▼                                                              run_batch()
+      _outcomes(): pop the finished batch, feed BatchSizer, refill up to pre_dispatch,
+      yield (batch, result) ──► results_list / ordered / unordered: place values,
+                                raise the first task error (with a note naming it)
+
+    On leaving early (task error, timeout, Ctrl-C, generator closed): the call's
+    cancel flag stops thread batches between tasks, pending futures are cancelled,
+    and on timeout or Ctrl-C the session kills running work where it can.
+
+Only the caller's thread waits: it blocks on the done queue, with a deadline when a
+timeout is set. The deadline of a batch counts from when it could start running: the
+first ``n_workers`` batches in flight, in dispatch order, are the ones running, since
+every pool serves its queue in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from ._backends._base import Capabilities, Session
+from ._batching import BatchSizer
+from ._exceptions import InternalError, TaskTimeoutError
+from ._worker import Batch, BatchResult, WorkerContext, batch_of, describe_task
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Call"]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    batch: Batch
+    future: Future[BatchResult]
+    started: float | None = None
+
+
+class Call:
+    """One parallel call: owns the task iterator, the in-flight batches and the results."""
+
+    def __init__(
+        self,
+        tasks: Iterable[Any],
+        *,
+        session: Session,
+        capabilities: Capabilities,
+        backend_name: str,
+        context: WorkerContext,
+        batch_size: int | None,
+        pre_dispatch: int | None,
+        timeout: float | None,
+        return_exceptions: bool,
+        check_task: Callable[[Any, int], tuple[Any, ...]],
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._session = session
+        self._capabilities = capabilities
+        self._backend_name = backend_name
+        self._context = context
+        self._timeout = timeout
+        self._return_exceptions = return_exceptions
+        self._check_task = check_task
+        self._on_close = on_close
+        self._n_workers = session.n_workers
+        try:
+            self._remaining: int | None = len(tasks)  # type: ignore[arg-type]
+        except TypeError:
+            self._remaining = None
+        self._tasks = iter(tasks)
+        self._next_index = 0
+        self._exhausted = False
+        # An inline session finishes each batch inside submit(): keep one in flight,
+        # so that generator modes run lazily, batch by batch, as they are consumed.
+        self._max_inflight = 1 if capabilities.inline else (pre_dispatch or float("inf"))
+        self._sizer = BatchSizer(batch_size, target=capabilities.batch_seconds,
+                                 n_workers=self._n_workers, timeout=timeout)  # fmt: skip
+        self._inflight: dict[int, _InFlight] = {}
+        self._seq = itertools.count()
+        self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._n_tasks = 0
+        self._t0 = time.perf_counter()
+        self._closed = False
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send the first batches (up to pre_dispatch); later ones go as results return."""
+        try:
+            self._fill()
+        except BaseException:
+            self._abort(kill=False)
+            raise
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._inflight) < self._max_inflight:
+            size = self._sizer.next_size(self._remaining)
+            chunk = self._take(size)
+            if not chunk:
+                break
+            batch = batch_of(self._next_index, chunk, self._context,
+                             not self._return_exceptions, self._cancel)  # fmt: skip
+            self._next_index += len(chunk)
+            if self._remaining is not None:
+                self._remaining -= len(chunk)
+            seq = next(self._seq)
+            future = self._session.submit(batch)
+            self._inflight[seq] = _InFlight(batch, future)
+            future.add_done_callback(lambda _, seq=seq: self._done.put(seq))
+        self._mark_started()
+
+    def _take(self, size: int) -> list[tuple[Any, ...]]:
+        chunk = []
+        index = self._next_index
+        for item in itertools.islice(self._tasks, size):
+            chunk.append(self._check_task(item, index))
+            index += 1
+        if len(chunk) < size:
+            self._exhausted = True
+        return chunk
+
+    def _mark_started(self) -> None:
+        if self._timeout is None:
+            return
+        now = time.monotonic()
+        for record in itertools.islice(self._inflight.values(), self._n_workers):
+            if record.started is None:
+                record.started = now
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def _next_done(self) -> int:
+        if self._timeout is None:
+            return self._done.get()
+        while True:
+            running = [r for r in itertools.islice(self._inflight.values(), self._n_workers)
+                       if r.started is not None]  # fmt: skip
+            oldest = min(running, key=lambda r: r.started or 0.0, default=None)
+            if oldest is None or oldest.started is None:
+                return self._done.get()
+            remaining = oldest.started + self._timeout - time.monotonic()
+            if remaining <= 0 and not oldest.future.done():
+                raise self._timeout_error(oldest.batch)
+            try:
+                return self._done.get(timeout=max(remaining, 0.0))
+            except queue.Empty:
+                continue
+
+    def _timeout_error(self, batch: Batch) -> TaskTimeoutError:
+        first = describe_task(batch.func_of(0), batch.start)
+        span = first if len(batch) == 1 else f"the batch of tasks {batch.start}..{batch.start + len(batch) - 1}, from {first},"  # noqa: E501
+        action = "was killed" if self._capabilities.can_kill else "was cancelled (threads cannot be killed: a running task finishes in the background)"  # noqa: E501
+        return TaskTimeoutError(
+            f"{span} ran longer than timeout={self._timeout} s on {self._session.describe()}; "
+            f"the call {action}",
+            tasks=tuple(batch.indices),
+            timeout=self._timeout or 0.0,
+        )
+
+    def _outcomes(self) -> Iterator[tuple[Batch, BatchResult]]:
+        """Yield each finished batch with its result, in completion order, refilling."""
+        kill = False
+        try:
+            while self._inflight:
+                seq = self._next_done()
+                record = self._inflight.pop(seq, None)
+                if record is None:
+                    raise InternalError(f"batch {seq} finished twice or was never sent")
+                result = record.future.result()
+                if result.fatal is not None:
+                    raise result.fatal
+                self._n_tasks += len(result.values)
+                self._sizer.observe(len(result.values), result.elapsed)
+                self._fill()
+                yield record.batch, result
+        except (TaskTimeoutError, KeyboardInterrupt):
+            kill = True
+            raise
+        except BaseException as exc:
+            kill = not isinstance(exc, Exception | GeneratorExit)
+            raise
+        finally:
+            if self._inflight or not self._exhausted:
+                self._abort(kill=kill)
+            self._close()
+
+    def _abort(self, *, kill: bool) -> None:
+        self._cancel.set()
+        futures = [record.future for record in self._inflight.values()]
+        self._inflight.clear()
+        if futures:
+            self._session.cancel(futures, kill=kill)
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        logger.debug("%d tasks in %.3f s on %s", self._n_tasks,
+                     time.perf_counter() - self._t0, self._session.describe())  # fmt: skip
+        if self._on_close is not None:
+            self._on_close()
+
+    # -- results ----------------------------------------------------------------------
+
+    def _values(self, batch: Batch, result: BatchResult) -> list[Any]:
+        """The batch's values, with each task error annotated; raise unless returning them."""
+        for offset in result.errors:
+            error = result.values[offset]
+            task = describe_task(batch.func_of(offset), batch.start + offset)
+            error.add_note(f"parlay: raised by {task} on {self._session.describe()}, "
+                           f"worker {result.worker}")  # fmt: skip
+            if not self._return_exceptions:
+                raise error
+        return result.values
+
+    def results_list(self) -> list[Any]:
+        """Run the call to the end and return the results in task order."""
+        parts: dict[int, list[Any]] = {}
+        for batch, result in self._outcomes():
+            parts[batch.start] = self._values(batch, result)
+        out: list[Any] = []
+        for start in sorted(parts):
+            out.extend(parts[start])
+        return out
+
+    def results_ordered(self) -> Iterator[Any]:
+        """Yield results in task order as soon as each is available."""
+        pending: dict[int, list[Any]] = {}
+        next_start = 0
+        for batch, result in self._outcomes():
+            pending[batch.start] = self._values(batch, result)
+            while next_start in pending:
+                values = pending.pop(next_start)
+                next_start += len(values)
+                yield from values
+
+    def results_unordered(self) -> Iterator[Any]:
+        """Yield results as batches complete."""
+        for batch, result in self._outcomes():
+            yield from self._values(batch, result)

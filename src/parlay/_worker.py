@@ -1,0 +1,254 @@
+"""What runs around each batch in a worker, and how batches cross process boundaries.
+
+A :class:`Batch` is a run of consecutive tasks of one call, stored by column (one
+function when all tasks share it, which is the common case, then the arguments), so
+that a batch of thousands of tiny tasks pickles as a function and a list.
+
+:func:`run_batch` runs the tasks under the nesting record and configuration the caller
+gave them, times the batch, and catches each task's exception so that the caller can
+name the task. For workers in other processes, :func:`pack` and :func:`run_packed`
+do the (un)pickling themselves, so that each stage that can fail (sending, receiving in
+the worker, sending the results back, receiving them) fails with an error that names
+the task instead of an engine error or a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import cloudpickle
+
+from . import _budget, _config
+from ._exceptions import RemoteTraceback, SerializationError
+
+__all__ = ["Batch", "BatchResult", "WorkerContext", "pack", "run_batch", "run_packed", "unpack"]
+
+NO_KWARGS: Final[dict[str, Any]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    """What a batch's tasks need to know about where they run (for nested calls)."""
+
+    nesting: _budget.Nesting
+    layers: tuple[_config.ConfigLayer, ...] = ()
+
+
+@dataclass(slots=True)
+class Batch:
+    """Consecutive tasks ``start, start + 1, ...`` of one call, by column.
+
+    ``func`` is the function shared by every task, or a list with one per task.
+    ``cancel`` is the call's cancellation flag; it only works where the worker shares
+    memory with the caller (threads, inline) and is dropped by :func:`pack`.
+    """
+
+    start: int
+    func: Callable[..., Any] | list[Callable[..., Any]]
+    args: list[tuple[Any, ...]]
+    kwargs: list[dict[str, Any]]
+    context: WorkerContext
+    stop_on_error: bool = True
+    cancel: threading.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self.args)
+
+    @property
+    def indices(self) -> range:
+        """The call-wide indices of this batch's tasks."""
+        return range(self.start, self.start + len(self.args))
+
+    def func_of(self, offset: int) -> Callable[..., Any]:
+        """The function of the task at `offset` in this batch."""
+        return self.func[offset] if isinstance(self.func, list) else self.func
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What comes back from a batch.
+
+    ``values`` holds one entry per task that ran, in order; where a task raised, its
+    entry is the exception and its offset is in ``errors`` with the worker's formatted
+    traceback (text, only when the worker was another process). Tasks after the first
+    error are not run when the batch stops on errors; ``cancelled`` tells that the
+    batch stopped early because the call was cancelled. ``fatal`` is set when the batch
+    could not run at all (it failed to unpickle in the worker).
+    """
+
+    values: list[Any]
+    errors: dict[int, str | None] = field(default_factory=dict)
+    elapsed: float = 0.0
+    worker: str = ""
+    cancelled: bool = False
+    fatal: BaseException | None = None
+    fatal_tb: str | None = None
+
+
+def _worker_name() -> str:
+    thread = threading.current_thread()
+    if thread is threading.main_thread():
+        return f"pid {os.getpid()}"
+    return f"pid {os.getpid()} thread {thread.name}"
+
+
+def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
+    """Run the tasks of `batch` under its context; catch and record each task's error.
+
+    With ``remote=True`` (the worker is another process) each error carries its
+    formatted traceback as text, since traceback objects do not pickle.
+    """
+    nesting_token = _budget.set_nesting(batch.context.nesting)
+    layers_token = _config.set_layers(batch.context.layers)
+    t0 = time.perf_counter()
+    try:
+        values, errors, cancelled = _run_tasks(batch, remote)
+    finally:
+        _config.reset_layers(layers_token)
+        _budget.reset_nesting(nesting_token)
+    return BatchResult(values, errors, time.perf_counter() - t0, _worker_name(), cancelled)
+
+
+def _run_tasks(batch: Batch, remote: bool) -> tuple[list[Any], dict[int, str | None], bool]:
+    values: list[Any] = []
+    errors: dict[int, str | None] = {}
+    append = values.append
+    shared_func = None if isinstance(batch.func, list) else batch.func
+    cancel = batch.cancel
+    for offset, args in enumerate(batch.args):
+        if cancel is not None and cancel.is_set():
+            return values, errors, True
+        func = shared_func if shared_func is not None else batch.func_of(offset)
+        try:
+            append(func(*args, **batch.kwargs[offset]))
+        except Exception as exc:
+            append(exc)
+            errors[offset] = "".join(traceback.format_exception(exc)) if remote else None
+            if batch.stop_on_error:
+                break
+    return values, errors, False
+
+
+# -- crossing a process boundary -----------------------------------------------------------
+
+
+def describe_task(func: Callable[..., Any], index: int) -> str:
+    """Name a task for messages: ``task 7 (mymodule.f)``."""
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None)
+    return f"task {index} ({module}.{name})" if module else f"task {index} ({name})"
+
+
+def pack(batch: Batch) -> bytes:
+    """Pickle `batch` for a worker in another process, naming the task that fails to pickle."""
+    # Carried config layers drop backend parameters: they may hold live objects (a
+    # client, a connection) that belong to the caller's process.
+    layers = tuple(replace(layer, backend_params={}) for layer in batch.context.layers)
+    sendable = replace(batch, cancel=None, context=replace(batch.context, layers=layers))
+    try:
+        return cloudpickle.dumps(sendable)
+    except Exception as exc:
+        raise _first_unpicklable(batch, exc) from exc
+
+
+def _first_unpicklable(batch: Batch, exc: BaseException) -> SerializationError:
+    for offset, index in enumerate(batch.indices):
+        parts = (batch.func_of(offset), batch.args[offset], batch.kwargs[offset])
+        for what, part in zip(("function", "arguments", "keyword arguments"), parts, strict=True):
+            try:
+                cloudpickle.dumps(part)
+            except Exception as part_exc:
+                task = describe_task(batch.func_of(offset), index)
+                return SerializationError(
+                    f"{task} cannot be sent to a worker process: its {what} could not be "
+                    f"pickled ({type(part_exc).__name__}: {part_exc}). Pass picklable "
+                    "objects, or use backend='threads', which does not pickle."
+                )
+    return SerializationError(f"a batch of tasks could not be pickled: {exc}")
+
+
+def run_packed(payload: bytes) -> bytes:
+    """Worker-process entry point: unpickle a batch, run it, pickle its result."""
+    try:
+        batch: Batch = cloudpickle.loads(payload)
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(exc))
+        failure = SerializationError(
+            f"a batch of tasks could not be unpickled in the worker process (pid "
+            f"{os.getpid()}): {type(exc).__name__}: {exc}. Check that the modules the "
+            "tasks use can be imported in a fresh process."
+        )
+        return cloudpickle.dumps(
+            BatchResult([], worker=_worker_name(), fatal=failure, fatal_tb=tb)
+        )
+    result = run_batch(batch, remote=True)
+    try:
+        return cloudpickle.dumps(result)
+    except Exception:
+        return cloudpickle.dumps(_picklable_result(batch, result))
+
+
+def _picklable_result(batch: Batch, result: BatchResult) -> BatchResult:
+    """Replace every value or exception that fails to pickle with an error naming it."""
+    values = list(result.values)
+    errors = dict(result.errors)
+    for offset, value in enumerate(values):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            task = describe_task(batch.func_of(offset), batch.start + offset)
+            what = "raised an exception" if offset in errors else "returned a value"
+            values[offset] = SerializationError(
+                f"{task} {what} that could not be pickled to send it back from the worker "
+                f"({type(value).__name__}: {type(exc).__name__}: {exc})"
+            )
+            errors[offset] = errors.get(offset) or "".join(traceback.format_exception(exc))
+            if batch.stop_on_error:
+                del values[offset + 1 :]
+                break
+    return BatchResult(values, errors, result.elapsed, result.worker, result.cancelled)
+
+
+def unpack(data: bytes, batch: Batch) -> BatchResult:
+    """Unpickle a worker's result in the caller, naming the tasks if that fails."""
+    try:
+        result: BatchResult = cloudpickle.loads(data)
+    except Exception as exc:
+        first, last = batch.start, batch.start + len(batch) - 1
+        raise SerializationError(
+            f"the results of tasks {first}..{last} could not be unpickled in the caller "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    if result.fatal is not None and result.fatal_tb is not None:
+        result.fatal.__cause__ = RemoteTraceback(result.fatal_tb)
+    for offset, tb in result.errors.items():
+        if tb is not None:
+            error = result.values[offset]
+            if isinstance(error, BaseException) and error.__cause__ is None:
+                error.__cause__ = RemoteTraceback(tb)
+    return result
+
+
+def batch_of(start: int, tasks: Sequence[tuple[Any, ...]], context: WorkerContext,
+             stop_on_error: bool, cancel: threading.Event | None) -> Batch:
+    """Build a batch from ``(func, args, kwargs)`` triples, storing a shared function once."""
+    first = tasks[0][0]
+    shared = all(task[0] is first for task in tasks)
+    func: Callable[..., Any] | list[Callable[..., Any]] = (
+        first if shared else [task[0] for task in tasks]
+    )
+    return Batch(
+        start,
+        func,
+        [task[1] for task in tasks],
+        [task[2] or NO_KWARGS for task in tasks],
+        context,
+        stop_on_error,
+        cancel,
+    )
