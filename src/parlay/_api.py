@@ -73,7 +73,7 @@ def delayed(function: Callable[P, R]) -> Callable[P, Task[R]]:
 
     def make_task(*args: P.args, **kwargs: P.kwargs) -> Task[R]:
         # tuple.__new__ skips NamedTuple's Python-level __new__: this runs once per task.
-        return tuple.__new__(Task, (function, args, kwargs))  # type: ignore[type-var,return-value]
+        return tuple.__new__(Task, (function, args, kwargs))
 
     try:
         functools.update_wrapper(make_task, function)
@@ -110,7 +110,7 @@ def _check_pre_dispatch(value: object) -> str | int:
         text = value.strip()
         if text == "all" or _PRE_DISPATCH.match(text) or text.isdigit():
             return text
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1:
         return int(value)
     raise ValueError(
         f"pre_dispatch must be 'all', a positive int, or an expression like '2 * n_jobs'; "
@@ -136,7 +136,7 @@ def _check_timeout(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"timeout must be None or a number of seconds, got {value!r}")
-    if not value > 0:
+    if not float(value) > 0:
         raise ValueError(f"timeout must be None or > 0 seconds, got {value!r}")
     return float(value)
 
@@ -242,10 +242,10 @@ class Parallel:
         _config.check_temp_folder(temp_folder)
         _config.check_max_nbytes(max_nbytes)
         _config.check_choice(mmap_mode, "mmap_mode", _config.MMAP_MODES)
-        self._prefer = _none_to_unset(_config.check_choice(prefer, "prefer",
-                                                           _config.PREFER_VALUES))  # fmt: skip
-        self._require = _none_to_unset(_config.check_choice(require, "require",
-                                                            _config.REQUIRE_VALUES))  # fmt: skip
+        self._prefer = _none_to_unset(_config.check_choice(prefer, "prefer", _config.PREFER_VALUES))
+        self._require = _none_to_unset(
+            _config.check_choice(require, "require", _config.REQUIRE_VALUES)
+        )
         if not isinstance(return_exceptions, bool):
             raise TypeError(f"return_exceptions must be a bool, got {return_exceptions!r}")
         self._return_exceptions = return_exceptions
@@ -271,16 +271,19 @@ class Parallel:
         hints = CallHints(
             backend=name if explicit else None,
             n_jobs=n_jobs.value if n_jobs.source == "argument" else None,
-            prefer=prefer.value, prefer_from=prefer.describe(),
-            require=require.value, require_from=require.describe(),
-        )  # fmt: skip
+            prefer=prefer.value,
+            prefer_from=prefer.describe(),
+            require=require.value,
+            require_from=require.describe(),
+        )
         context = UserContext(
             cores=_budget.cpu_count(),
-            backend=None if explicit else name, backend_from=backend.describe(),
+            backend=None if explicit else name,
+            backend_from=backend.describe(),
             backend_level=backend.level,
             n_jobs=None if n_jobs.source == "argument" else n_jobs.value,
             n_jobs_from=n_jobs.describe(),
-        )  # fmt: skip
+        )
         decision = decide(hints, context, capabilities, nesting)
         if decision.backend in instances:
             return decision, instances[decision.backend]
@@ -370,8 +373,12 @@ class Parallel:
             managed[2].close()
 
     def __repr__(self) -> str:
-        shown = {"n_jobs": self._n_jobs, "backend": self._backend, "prefer": self._prefer,
-                 "require": self._require}  # fmt: skip
+        shown = {
+            "n_jobs": self._n_jobs,
+            "backend": self._backend,
+            "prefer": self._prefer,
+            "require": self._require,
+        }
         args = ", ".join(f"{k}={v!r}" for k, v in shown.items() if v is not UNSET)
         return f"Parallel({args})"
 

@@ -37,7 +37,9 @@ class Nesting:
 
 
 TOP_LEVEL: Final = Nesting()
-_NESTING: contextvars.ContextVar[Nesting] = contextvars.ContextVar("parlay_nesting", default=TOP_LEVEL)
+_NESTING: contextvars.ContextVar[Nesting] = contextvars.ContextVar(
+    "parlay_nesting", default=TOP_LEVEL
+)
 
 
 def current_nesting() -> Nesting:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, final
@@ -67,8 +67,10 @@ def check_n_jobs(value: object, name: str = "n_jobs") -> int | None:
             f"got {value!r} of type {type(value).__name__}"
         )
     if value == 0:
-        raise ValueError(f"{name}=0 is not allowed: use a positive count, -1 for all cores, "
-                         "-2 for all but one, ... or None")
+        raise ValueError(
+            f"{name}=0 is not allowed: use a positive count, -1 for all cores, "
+            "-2 for all but one, ... or None"
+        )
     return int(value)
 
 
@@ -113,11 +115,13 @@ def check_max_nbytes(value: object) -> int | None:
         number = text[: len(text) - len(unit)]
         if number.isdigit():
             return int(number) * _BYTE_UNITS[unit]
-        raise ValueError(f"max_nbytes must be an int or a string like '1M', '500K', '2G'; "
-                         f"got {value!r}")
+        raise ValueError(
+            f"max_nbytes must be an int or a string like '1M', '500K', '2G'; got {value!r}"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"max_nbytes must be None, a non-negative int or a string like '1M'; "
-                         f"got {value!r}")
+        raise ValueError(
+            f"max_nbytes must be None, a non-negative int or a string like '1M'; got {value!r}"
+        )
     return int(value)
 
 
@@ -127,7 +131,7 @@ def check_temp_folder(value: object) -> str | None:
         return None
     if not isinstance(value, str | os.PathLike):
         raise TypeError(f"temp_folder must be None or a path, got {type(value).__name__}")
-    return os.fspath(value)  # type: ignore[return-value]
+    return os.fspath(value)
 
 
 def check_backend(value: object) -> object:
@@ -174,7 +178,7 @@ def reset_layers(token: contextvars.Token[tuple[ConfigLayer, ...]]) -> None:
 
 
 @final
-class parallel_config:  # noqa: N801 - joblib's name, kept for drop-in use
+class parallel_config:
     """Set the resources for every parallel call made in this context.
 
     The user's side of the negotiation: which backend, how many workers, and so on.
@@ -230,7 +234,7 @@ class parallel_config:  # noqa: N801 - joblib's name, kept for drop-in use
         mmap_mode: object = UNSET,
         **backend_params: Any,
     ) -> None:
-        checks = {
+        checks: dict[str, Callable[[Any], object]] = {
             "backend": check_backend,
             "n_jobs": check_n_jobs,
             "verbose": check_verbose,
@@ -244,10 +248,16 @@ class parallel_config:  # noqa: N801 - joblib's name, kept for drop-in use
             "mmap_mode": lambda v: check_choice(v, "mmap_mode", MMAP_MODES),
         }
         given = {
-            "backend": backend, "n_jobs": n_jobs, "verbose": verbose, "prefer": prefer,
-            "require": require, "inner_max_num_threads": inner_max_num_threads,
-            "max_nbytes": max_nbytes, "temp_folder": temp_folder, "mmap_mode": mmap_mode,
-        }  # fmt: skip
+            "backend": backend,
+            "n_jobs": n_jobs,
+            "verbose": verbose,
+            "prefer": prefer,
+            "require": require,
+            "inner_max_num_threads": inner_max_num_threads,
+            "max_nbytes": max_nbytes,
+            "temp_folder": temp_folder,
+            "mmap_mode": mmap_mode,
+        }
         values = {k: checks[k](v) for k, v in given.items() if v is not UNSET}
         if backend_params and (backend is UNSET or backend is None):
             raise TypeError(
@@ -299,8 +309,11 @@ class Setting:
         """Say where the value came from, in words, for ``explain()``."""
         if self.source == "environment":
             return f"the environment ({self.env_var})"
-        return {"argument": "the call's argument", "parallel_config": "parallel_config",
-                "default": "the default"}[self.source]  # fmt: skip
+        return {
+            "argument": "the call's argument",
+            "parallel_config": "parallel_config",
+            "default": "the default",
+        }[self.source]
 
 
 def resolve(key: str, explicit: object, default: object) -> Setting:

@@ -125,22 +125,28 @@ def decide(
     n_jobs, n_jobs_from = _requested_n_jobs(hints, context)
     workers = n_jobs_to_workers(n_jobs, cores)
     counted = f"over {cores} core{'s' if cores != 1 else ''} " if n_jobs < 0 else ""
-    reasons.append(f"n_jobs={n_jobs} ({n_jobs_from}) {counted}gives {workers} worker"
-                   f"{'s' if workers != 1 else ''}")  # fmt: skip
+    reasons.append(
+        f"n_jobs={n_jobs} ({n_jobs_from}) {counted}gives {workers} worker"
+        f"{'s' if workers != 1 else ''}"
+    )
 
     backend, rule = _pick_backend(hints, context, capabilities, nesting, workers, reasons)
     caps = capabilities(backend)
     if caps.inline:
         workers = 1
     elif workers == 1 and not caps.distributed:
-        reasons.append(f"one worker: the tasks run inline in the caller rather than on "
-                       f"{backend!r}, which would only add overhead")  # fmt: skip
+        reasons.append(
+            f"one worker: the tasks run inline in the caller rather than on "
+            f"{backend!r}, which would only add overhead"
+        )
         backend, rule = INLINE_BACKEND, "n_jobs=1"
         caps = capabilities(backend)
 
     inner = cores if caps.inline else split_budget(cores, workers)
-    reasons.append(f"each task may use {inner} core{'s' if inner != 1 else ''} for its own "
-                   "parallel work (nested calls)")  # fmt: skip
+    reasons.append(
+        f"each task may use {inner} core{'s' if inner != 1 else ''} for its own "
+        "parallel work (nested calls)"
+    )
     return Decision(backend, workers, rule, tuple(reasons), inner, cores, nesting.level)
 
 
@@ -164,11 +170,15 @@ def _pick_backend(
     context_backend = context.backend
     if context_backend is not None and nesting.level > context.backend_level:
         if capabilities(context_backend).distributed:
-            reasons.append(f"{context_backend!r} from {context.backend_from} outside the task "
-                           "is a cluster: nested calls go back to it")  # fmt: skip
+            reasons.append(
+                f"{context_backend!r} from {context.backend_from} outside the task "
+                "is a cluster: nested calls go back to it"
+            )
         else:
-            reasons.append(f"{context_backend!r} from {context.backend_from} was set outside "
-                           "the running task, so it does not pick this nested call's backend")
+            reasons.append(
+                f"{context_backend!r} from {context.backend_from} was set outside "
+                "the running task, so it does not pick this nested call's backend"
+            )
             context_backend = None
 
     if hints.require == "sharedmem":
@@ -184,15 +194,18 @@ def _pick_backend(
         return context_backend, "context"
     if nesting.level > 0 and nesting.budget is not None:
         chosen = SHAREDMEM_BACKEND if workers > 1 else INLINE_BACKEND
-        reasons.append(f"inside a task, a call runs on {chosen!r} so that it never waits "
-                       "on the pool running its parent (no deadlock)")  # fmt: skip
+        reasons.append(
+            f"inside a task, a call runs on {chosen!r} so that it never waits "
+            "on the pool running its parent (no deadlock)"
+        )
         return chosen, "nested"
     if hints.prefer is not None:
-        reasons.append(f"prefer={hints.prefer!r} ({hints.prefer_from}) and the user set no "
-                       "backend")  # fmt: skip
+        reasons.append(f"prefer={hints.prefer!r} ({hints.prefer_from}) and the user set no backend")
         return hints.prefer, "prefer"
-    reasons.append(f"no backend was set or preferred: the default is {DEFAULT_BACKEND!r}, "
-                   "which runs Python code in parallel whatever the GIL")  # fmt: skip
+    reasons.append(
+        f"no backend was set or preferred: the default is {DEFAULT_BACKEND!r}, "
+        "which runs Python code in parallel whatever the GIL"
+    )
     return DEFAULT_BACKEND, "default"
 
 
@@ -211,20 +224,28 @@ def _sharedmem_backend(
                 f"{hints.backend!r} runs tasks in other processes, which cannot write into "
                 "the caller's objects. Use backend='threads' or drop require='sharedmem'."
             )
-        reasons.append(f"backend={hints.backend!r} is the call's own argument and shares "
-                       f"memory, as {why} needs")  # fmt: skip
+        reasons.append(
+            f"backend={hints.backend!r} is the call's own argument and shares "
+            f"memory, as {why} needs"
+        )
         return hints.backend, "explicit"
     if context_backend is not None and capabilities(context_backend).shared_memory:
-        reasons.append(f"backend={context_backend!r} comes from {context.backend_from} and "
-                       f"shares memory, as {why} needs")  # fmt: skip
+        reasons.append(
+            f"backend={context_backend!r} comes from {context.backend_from} and "
+            f"shares memory, as {why} needs"
+        )
         return context_backend, "context"
     if context_backend is not None:
-        reasons.append(f"{why}: the tasks write into shared objects, so they run on "
-                       f"{SHAREDMEM_BACKEND!r} instead of {context_backend!r} from "
-                       f"{context.backend_from}, whose workers do not share memory")
+        reasons.append(
+            f"{why}: the tasks write into shared objects, so they run on "
+            f"{SHAREDMEM_BACKEND!r} instead of {context_backend!r} from "
+            f"{context.backend_from}, whose workers do not share memory"
+        )
     elif hints.prefer is not None and hints.prefer != SHAREDMEM_BACKEND:
-        reasons.append(f"{why} overrides prefer={hints.prefer!r}: the tasks need shared "
-                       f"memory, so {SHAREDMEM_BACKEND!r}")  # fmt: skip
+        reasons.append(
+            f"{why} overrides prefer={hints.prefer!r}: the tasks need shared "
+            f"memory, so {SHAREDMEM_BACKEND!r}"
+        )
     else:
         reasons.append(f"{why}: the tasks need shared memory, so {SHAREDMEM_BACKEND!r}")
     return SHAREDMEM_BACKEND, "require"

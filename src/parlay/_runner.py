@@ -28,6 +28,7 @@ every pool serves its queue in order.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import queue
@@ -92,8 +93,12 @@ class Call:
         # An inline session finishes each batch inside submit(): keep one in flight,
         # so that generator modes run lazily, batch by batch, as they are consumed.
         self._max_inflight = 1 if capabilities.inline else (pre_dispatch or float("inf"))
-        self._sizer = BatchSizer(batch_size, target=capabilities.batch_seconds,
-                                 n_workers=self._n_workers, timeout=timeout)  # fmt: skip
+        self._sizer = BatchSizer(
+            batch_size,
+            target=capabilities.batch_seconds,
+            n_workers=self._n_workers,
+            timeout=timeout,
+        )
         self._inflight: dict[int, _InFlight] = {}
         self._seq = itertools.count()
         self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -118,16 +123,20 @@ class Call:
             chunk = self._take(size)
             if not chunk:
                 break
-            batch = batch_of(self._next_index, chunk, self._context,
-                             not self._return_exceptions, self._cancel)  # fmt: skip
+            batch = batch_of(
+                self._next_index, chunk, self._context, not self._return_exceptions, self._cancel
+            )
             self._next_index += len(chunk)
             if self._remaining is not None:
                 self._remaining -= len(chunk)
             seq = next(self._seq)
             future = self._session.submit(batch)
             self._inflight[seq] = _InFlight(batch, future)
-            future.add_done_callback(lambda _, seq=seq: self._done.put(seq))
+            future.add_done_callback(functools.partial(self._notify, seq))
         self._mark_started()
+
+    def _notify(self, seq: int, _future: Future[BatchResult]) -> None:
+        self._done.put(seq)
 
     def _take(self, size: int) -> list[tuple[Any, ...]]:
         chunk = []
@@ -153,8 +162,11 @@ class Call:
         if self._timeout is None:
             return self._done.get()
         while True:
-            running = [r for r in itertools.islice(self._inflight.values(), self._n_workers)
-                       if r.started is not None]  # fmt: skip
+            running = [
+                r
+                for r in itertools.islice(self._inflight.values(), self._n_workers)
+                if r.started is not None
+            ]
             oldest = min(running, key=lambda r: r.started or 0.0, default=None)
             if oldest is None or oldest.started is None:
                 return self._done.get()
@@ -167,12 +179,19 @@ class Call:
                 continue
 
     def _timeout_error(self, batch: Batch) -> TaskTimeoutError:
-        first = describe_task(batch.func_of(0), batch.start)
-        span = first if len(batch) == 1 else f"the batch of tasks {batch.start}..{batch.start + len(batch) - 1}, from {first},"  # noqa: E501
-        action = "was killed" if self._capabilities.can_kill else "was cancelled (threads cannot be killed: a running task finishes in the background)"  # noqa: E501
+        task = describe_task(batch.func_of(0), batch.start)
+        if len(batch) > 1:
+            last = batch.start + len(batch) - 1
+            task = f"the batch of tasks {batch.start}..{last}, from {task},"
+        if self._capabilities.can_kill:
+            action = "its worker was killed"
+        elif self._capabilities.inline:
+            action = "it ran inline, so it could only be stopped once it returned; the rest did not run"  # noqa: E501
+        else:
+            action = "the rest was cancelled (a thread cannot be killed: the running task ends in the background)"  # noqa: E501
         return TaskTimeoutError(
-            f"{span} ran longer than timeout={self._timeout} s on {self._session.describe()}; "
-            f"the call {action}",
+            f"{task} ran longer than timeout={self._timeout} s on {self._session.describe()}; "
+            f"{action}",
             tasks=tuple(batch.indices),
             timeout=self._timeout or 0.0,
         )
@@ -189,6 +208,10 @@ class Call:
                 result = record.future.result()
                 if result.fatal is not None:
                     raise result.fatal
+                if self._capabilities.inline and self._timeout is not None:
+                    # An inline task cannot be interrupted: report it once it returns.
+                    if result.elapsed > self._timeout:
+                        raise self._timeout_error(record.batch)
                 self._n_tasks += len(result.values)
                 self._sizer.observe(len(result.values), result.elapsed)
                 self._fill()
@@ -216,8 +239,12 @@ class Call:
         if self._closed:
             return
         self._closed = True
-        logger.debug("%d tasks in %.3f s on %s", self._n_tasks,
-                     time.perf_counter() - self._t0, self._session.describe())  # fmt: skip
+        logger.debug(
+            "%d tasks in %.3f s on %s",
+            self._n_tasks,
+            time.perf_counter() - self._t0,
+            self._session.describe(),
+        )
         if self._on_close is not None:
             self._on_close()
 
@@ -228,8 +255,9 @@ class Call:
         for offset in result.errors:
             error = result.values[offset]
             task = describe_task(batch.func_of(offset), batch.start + offset)
-            error.add_note(f"parlay: raised by {task} on {self._session.describe()}, "
-                           f"worker {result.worker}")  # fmt: skip
+            error.add_note(
+                f"parlay: raised by {task} on {self._session.describe()}, worker {result.worker}"
+            )
             if not self._return_exceptions:
                 raise error
         return result.values

@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import cloudpickle
 
@@ -30,6 +30,10 @@ from ._exceptions import RemoteTraceback, SerializationError
 __all__ = ["Batch", "BatchResult", "WorkerContext", "pack", "run_batch", "run_packed", "unpack"]
 
 NO_KWARGS: Final[dict[str, Any]] = {}
+
+
+def _dumps(obj: object) -> bytes:
+    return cast(bytes, cloudpickle.dumps(obj))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +156,7 @@ def pack(batch: Batch) -> bytes:
     layers = tuple(replace(layer, backend_params={}) for layer in batch.context.layers)
     sendable = replace(batch, cancel=None, context=replace(batch.context, layers=layers))
     try:
-        return cloudpickle.dumps(sendable)
+        return _dumps(sendable)
     except Exception as exc:
         raise _first_unpicklable(batch, exc) from exc
 
@@ -162,7 +166,7 @@ def _first_unpicklable(batch: Batch, exc: BaseException) -> SerializationError:
         parts = (batch.func_of(offset), batch.args[offset], batch.kwargs[offset])
         for what, part in zip(("function", "arguments", "keyword arguments"), parts, strict=True):
             try:
-                cloudpickle.dumps(part)
+                _dumps(part)
             except Exception as part_exc:
                 task = describe_task(batch.func_of(offset), index)
                 return SerializationError(
@@ -184,14 +188,12 @@ def run_packed(payload: bytes) -> bytes:
             f"{os.getpid()}): {type(exc).__name__}: {exc}. Check that the modules the "
             "tasks use can be imported in a fresh process."
         )
-        return cloudpickle.dumps(
-            BatchResult([], worker=_worker_name(), fatal=failure, fatal_tb=tb)
-        )
+        return _dumps(BatchResult([], worker=_worker_name(), fatal=failure, fatal_tb=tb))
     result = run_batch(batch, remote=True)
     try:
-        return cloudpickle.dumps(result)
+        return _dumps(result)
     except Exception:
-        return cloudpickle.dumps(_picklable_result(batch, result))
+        return _dumps(_picklable_result(batch, result))
 
 
 def _picklable_result(batch: Batch, result: BatchResult) -> BatchResult:
@@ -200,7 +202,7 @@ def _picklable_result(batch: Batch, result: BatchResult) -> BatchResult:
     errors = dict(result.errors)
     for offset, value in enumerate(values):
         try:
-            cloudpickle.dumps(value)
+            _dumps(value)
         except Exception as exc:
             task = describe_task(batch.func_of(offset), batch.start + offset)
             what = "raised an exception" if offset in errors else "returned a value"
@@ -235,8 +237,13 @@ def unpack(data: bytes, batch: Batch) -> BatchResult:
     return result
 
 
-def batch_of(start: int, tasks: Sequence[tuple[Any, ...]], context: WorkerContext,
-             stop_on_error: bool, cancel: threading.Event | None) -> Batch:
+def batch_of(
+    start: int,
+    tasks: Sequence[tuple[Any, ...]],
+    context: WorkerContext,
+    stop_on_error: bool,
+    cancel: threading.Event | None,
+) -> Batch:
     """Build a batch from ``(func, args, kwargs)`` triples, storing a shared function once."""
     first = tasks[0][0]
     shared = all(task[0] is first for task in tasks)

@@ -12,7 +12,7 @@ import atexit
 import importlib
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._exceptions import BackendUnavailableError
 from ._base import Backend, Capabilities, Session
@@ -83,11 +83,13 @@ def backend_class(name: str) -> type[Backend]:
             return _loaded[name]
         spec = _registry.get(name)
         if spec is None:
-            raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_names())}")
+            raise ValueError(
+                f"unknown backend {name!r}; known backends: {', '.join(known_names())}"
+            )
         if isinstance(spec, str):
             module_name, _, attribute = spec.partition(":")
             try:
-                cls = getattr(importlib.import_module(module_name), attribute)
+                cls = cast(type[Backend], getattr(importlib.import_module(module_name), attribute))
             except ImportError as exc:
                 raise BackendUnavailableError(
                     f"backend {name!r} could not be loaded from {spec}: {exc}"

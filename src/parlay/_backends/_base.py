@@ -108,9 +108,7 @@ class Backend(abc.ABC):
 
     def __init__(self, **params: Any) -> None:
         if params:
-            raise TypeError(
-                f"backend {self.name!r} takes no parameters, got {sorted(params)}"
-            )
+            raise TypeError(f"backend {self.name!r} takes no parameters, got {sorted(params)}")
 
     @abc.abstractmethod
     def open(self, decision: Decision) -> Session:

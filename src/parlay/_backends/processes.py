@@ -43,8 +43,11 @@ class _ChainedFuture(Future[Any]):
         return self._source.cancel() and super().cancel()
 
 
-def chain(source: Future[Any], convert: Callable[[Any], Any],
-          map_error: Callable[[BaseException], BaseException]) -> Future[Any]:
+def chain(
+    source: Future[Any],
+    convert: Callable[[Any], Any],
+    map_error: Callable[[BaseException], BaseException],
+) -> Future[Any]:
     """A future of ``convert(source.result())``, with ``map_error`` applied to errors."""
     target = _ChainedFuture(source)
 
@@ -115,8 +118,11 @@ class ProcessesSession(Session):
                 self._discard(executor, kill=True)
                 if attempt == 2:
                     raise
-        return chain(source, lambda data: unpack(data, batch),
-                     lambda error: self._map_error(error, batch, executor))
+        return chain(
+            source,
+            lambda data: unpack(data, batch),
+            lambda error: self._map_error(error, batch, executor),
+        )
 
     def _map_error(self, error: BaseException, batch: Batch, executor: Any) -> BaseException:
         from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
