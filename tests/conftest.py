@@ -49,7 +49,9 @@ def _shm() -> set[str]:
     # Other programs on the machine use /dev/shm too: count only parlay's segments and
     # those an engine named after this process.
     mine = f"_{os.getpid()}_"
-    return {n for n in names if n.startswith(_SHM_PREFIXES) and (n.startswith("parlay") or mine in n)}
+    return {
+        n for n in names if n.startswith(_SHM_PREFIXES) and (n.startswith("parlay") or mine in n)
+    }
 
 
 def _wait_until(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]

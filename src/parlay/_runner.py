@@ -41,7 +41,7 @@ from typing import Any
 
 from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
-from ._exceptions import InternalError, TaskTimeoutError
+from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
 from ._worker import Batch, BatchResult, WorkerContext, batch_of, describe_task
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class Call:
     ) -> None:
         self._session = session
         self._capabilities = capabilities
+        self._inline_timeout = timeout if capabilities.inline else None
         self._backend_name = backend_name
         self._context = context
         self._timeout = timeout
@@ -186,7 +187,9 @@ class Call:
         if self._capabilities.can_kill:
             action = "its worker was killed"
         elif self._capabilities.inline:
-            action = "it ran inline, so it could only be stopped once it returned; the rest did not run"  # noqa: E501
+            action = (
+                "it ran inline, so it could only be stopped once it returned; the rest did not run"
+            )
         else:
             action = "the rest was cancelled (a thread cannot be killed: the running task ends in the background)"  # noqa: E501
         return TaskTimeoutError(
@@ -194,6 +197,21 @@ class Call:
             f"{action}",
             tasks=tuple(batch.indices),
             timeout=self._timeout or 0.0,
+        )
+
+    def _worker_died(self, error: WorkerDiedError, batch: Batch) -> WorkerDiedError:
+        """Name every task that was in flight: the engine cannot tell which one died."""
+        tasks = sorted(
+            {*batch.indices, *(i for r in self._inflight.values() for i in r.batch.indices)}
+        )
+        codes = f" (exit codes {error.exit_codes})" if error.exit_codes else ""
+        return WorkerDiedError(
+            f"a worker of {self._session.describe()} died{codes} while running one of "
+            f"{len(tasks)} tasks in flight, {tasks[0]}..{tasks[-1]}. A task may have crashed "
+            "the interpreter, called os._exit(), been killed by a signal or run out of "
+            "memory. The pool has been replaced: the next call works.",
+            tasks=tuple(tasks),
+            exit_codes=error.exit_codes,
         )
 
     def _outcomes(self) -> Iterator[tuple[Batch, BatchResult]]:
@@ -205,13 +223,15 @@ class Call:
                 record = self._inflight.pop(seq, None)
                 if record is None:
                     raise InternalError(f"batch {seq} finished twice or was never sent")
-                result = record.future.result()
+                try:
+                    result = record.future.result()
+                except WorkerDiedError as exc:
+                    raise self._worker_died(exc, record.batch) from exc.__cause__
                 if result.fatal is not None:
                     raise result.fatal
-                if self._capabilities.inline and self._timeout is not None:
-                    # An inline task cannot be interrupted: report it once it returns.
-                    if result.elapsed > self._timeout:
-                        raise self._timeout_error(record.batch)
+                # An inline task cannot be interrupted: report it once it returns.
+                if self._inline_timeout is not None and result.elapsed > self._inline_timeout:
+                    raise self._timeout_error(record.batch)
                 self._n_tasks += len(result.values)
                 self._sizer.observe(len(result.values), result.elapsed)
                 self._fill()

@@ -150,7 +150,7 @@ def check_generator_closed_early(backend: str | Backend, n_jobs: int = 2) -> Non
         delayed(square)(i) for i in range(10_000)
     )
     assert [next(gen) for _ in range(5)] == [0, 1, 4, 9, 16]
-    gen.close()  # type: ignore[attr-defined]
+    gen.close()
     assert Parallel(n_jobs=n_jobs, backend=backend)(delayed(square)(i) for i in range(3)) == [
         0,
         1,
