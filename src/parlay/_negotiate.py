@@ -193,11 +193,15 @@ def _pick_backend(
         reasons.append(f"backend={context_backend!r} comes from {context.backend_from}{note}")
         return context_backend, "context"
     if nesting.level > 0 and nesting.budget is not None:
-        chosen = SHAREDMEM_BACKEND if workers > 1 else INLINE_BACKEND
-        reasons.append(
-            f"inside a task, a call runs on {chosen!r} so that it never waits "
-            "on the pool running its parent (no deadlock)"
-        )
+        if workers > 1:
+            chosen = SHAREDMEM_BACKEND
+            reasons.append(
+                f"inside a task, a call runs on {chosen!r} so that it never waits on the pool "
+                "running its parent (no deadlock)"
+            )
+        else:
+            chosen = INLINE_BACKEND
+            reasons.append("inside a task with one worker to use, the call runs inline")
         return chosen, "nested"
     if hints.prefer is not None:
         reasons.append(f"prefer={hints.prefer!r} ({hints.prefer_from}) and the user set no backend")

@@ -1,0 +1,187 @@
+"""The negotiation as a table: call hints x user context x nesting -> backend and rule."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from parlay import Capabilities
+from parlay._budget import Nesting
+from parlay._negotiate import CallHints, Decision, UserContext, decide
+
+CAPS = {
+    "sequential": Capabilities(shared_memory=True, separate_processes=False, inline=True),
+    "threads": Capabilities(shared_memory=True, separate_processes=False),
+    "processes": Capabilities(shared_memory=False, separate_processes=True, can_kill=True),
+    # A cluster engine, as the dask and ray backends declare themselves.
+    "cluster": Capabilities(shared_memory=False, separate_processes=True, distributed=True),
+}
+TOP = Nesting()
+NESTED_1 = Nesting(level=1, budget=1, parent="'processes' with 4 workers")
+NESTED_4 = Nesting(level=1, budget=4, parent="'processes' with 2 workers")
+
+
+def run(
+    *,
+    backend: str | None = None,
+    prefer: str | None = None,
+    require: str | None = None,
+    n_jobs: int | None = 2,
+    context: str | None = None,
+    context_level: int = 0,
+    context_n_jobs: int | None = None,
+    nesting: Nesting = TOP,
+    cores: int = 8,
+) -> Decision:
+    hints = CallHints(backend=backend, n_jobs=n_jobs, prefer=prefer, require=require)
+    user = UserContext(
+        cores=cores, backend=context, backend_level=context_level, n_jobs=context_n_jobs
+    )
+    return decide(hints, user, CAPS.__getitem__, nesting)
+
+
+# (call hints, context backend, nesting) -> (backend, rule)
+TABLE = [
+    # rule 5: the default
+    ({}, None, TOP, "processes", "default"),
+    # rule 4: prefer, where the user set nothing
+    ({"prefer": "threads"}, None, TOP, "threads", "prefer"),
+    ({"prefer": "processes"}, None, TOP, "processes", "prefer"),
+    # rule 3: the user's context beats prefer
+    ({"prefer": "processes"}, "threads", TOP, "threads", "context"),
+    ({"prefer": "threads"}, "processes", TOP, "processes", "context"),
+    ({"prefer": "threads"}, "cluster", TOP, "cluster", "context"),
+    ({}, "cluster", TOP, "cluster", "context"),
+    # rule 2: an explicit backend on the call beats the context
+    ({"backend": "threads"}, "processes", TOP, "threads", "explicit"),
+    ({"backend": "processes", "prefer": "threads"}, "cluster", TOP, "processes", "explicit"),
+    # rule 1: require="sharedmem" beats everything
+    ({"require": "sharedmem"}, None, TOP, "threads", "require"),
+    ({"require": "sharedmem"}, "processes", TOP, "threads", "require"),
+    ({"require": "sharedmem"}, "cluster", TOP, "threads", "require"),
+    ({"require": "sharedmem", "prefer": "processes"}, None, TOP, "threads", "require"),
+    ({"require": "sharedmem"}, "threads", TOP, "threads", "context"),
+    ({"require": "sharedmem", "backend": "threads"}, "cluster", TOP, "threads", "explicit"),
+    # rule 6: one worker runs inline, unless on a cluster
+    ({"n_jobs": 1}, None, TOP, "sequential", "n_jobs=1"),
+    ({"n_jobs": 1, "backend": "processes"}, None, TOP, "sequential", "n_jobs=1"),
+    ({"n_jobs": 1}, "threads", TOP, "sequential", "n_jobs=1"),
+    ({"n_jobs": 1}, "cluster", TOP, "cluster", "context"),
+    ({"n_jobs": None}, None, TOP, "sequential", "n_jobs=1"),
+    ({"backend": "sequential", "n_jobs": 4}, None, TOP, "sequential", "explicit"),
+    # rule 7: nesting; the outer context does not pick a nested call's backend
+    ({"n_jobs": -1}, "processes", NESTED_4, "threads", "nested"),
+    ({"n_jobs": -1}, "processes", NESTED_1, "sequential", "nested"),
+    ({"n_jobs": -1}, None, NESTED_4, "threads", "nested"),
+    ({"n_jobs": -1, "prefer": "processes"}, None, NESTED_4, "threads", "nested"),
+    ({"n_jobs": -1}, "cluster", NESTED_4, "cluster", "context"),
+    ({"n_jobs": -1, "backend": "processes"}, None, NESTED_4, "processes", "explicit"),
+    ({"n_jobs": -1, "require": "sharedmem"}, "processes", NESTED_4, "threads", "require"),
+]
+
+
+@pytest.mark.parametrize(("hints", "context", "nesting", "backend", "rule"), TABLE)
+def test_table(
+    hints: dict[str, object], context: str | None, nesting: Nesting, backend: str, rule: str
+) -> None:
+    decision = run(**hints, context=context, nesting=nesting)  # type: ignore[arg-type]
+    assert (decision.backend, decision.rule) == (backend, rule), str(decision)
+
+
+def test_context_set_inside_the_task_applies_to_nested_calls() -> None:
+    decision = run(n_jobs=-1, context="processes", context_level=1, nesting=NESTED_4)
+    assert (decision.backend, decision.rule) == ("processes", "context")
+
+
+def test_explicit_process_backend_with_sharedmem_is_a_contradiction() -> None:
+    with pytest.raises(ValueError, match="contradict"):
+        run(backend="processes", require="sharedmem")
+    with pytest.raises(ValueError, match="contradict"):
+        run(backend="cluster", require="sharedmem")
+
+
+@pytest.mark.parametrize(
+    ("n_jobs", "cores", "workers"),
+    [(-1, 8, 8), (-2, 8, 7), (-8, 8, 1), (-20, 8, 1), (3, 8, 3), (16, 8, 16), (-1, 1, 1)],
+)
+def test_n_jobs_arithmetic(n_jobs: int, cores: int, workers: int) -> None:
+    decision = run(n_jobs=n_jobs, cores=cores, backend="threads")
+    assert decision.n_jobs == workers
+
+
+def test_n_jobs_from_context_and_budget() -> None:
+    assert run(n_jobs=None, context_n_jobs=-1, cores=8, backend="threads").n_jobs == 8
+    # Inside a task with a budget of 4 cores, -1 means 4, not the machine's 8.
+    assert run(n_jobs=-1, cores=8, nesting=NESTED_4).n_jobs == 4
+    # An explicit count is honoured even inside a task.
+    assert run(n_jobs=3, cores=8, nesting=NESTED_1, backend="threads").n_jobs == 3
+
+
+@pytest.mark.parametrize(
+    ("workers", "cores", "inner"), [(2, 8, 4), (8, 8, 1), (3, 8, 2), (16, 8, 1)]
+)
+def test_inner_budget_splits_the_cores(workers: int, cores: int, inner: int) -> None:
+    assert run(n_jobs=workers, cores=cores, backend="processes").inner_budget == inner
+
+
+def test_inline_keeps_the_budget_for_its_tasks() -> None:
+    assert run(n_jobs=1, cores=8).inner_budget == 8
+
+
+def test_reasons_name_what_was_overridden() -> None:
+    text = str(run(prefer="processes", require="sharedmem", context="cluster"))
+    assert "require='sharedmem'" in text
+    assert "'cluster'" in text
+    text = str(run(prefer="threads", context="processes"))
+    assert "beats prefer='threads'" in text
+    text = str(run(n_jobs=-1, context="processes", nesting=NESTED_4))
+    assert "budget of 4 cores" in text
+    assert "does not pick" in text
+
+
+BACKENDS = [None, "sequential", "threads", "processes", "cluster"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "prefer", "require", "context", "nesting"),
+    list(
+        itertools.product(
+            BACKENDS,
+            [None, "threads", "processes"],
+            [None, "sharedmem"],
+            [None, "threads", "processes", "cluster"],
+            [TOP, NESTED_1, NESTED_4],
+        )
+    ),
+)
+def test_invariants_over_every_combination(
+    backend: str | None,
+    prefer: str | None,
+    require: str | None,
+    context: str | None,
+    nesting: Nesting,
+) -> None:
+    """Properties that hold for each of the 360 combinations of hints, context and nesting."""
+    kwargs = {"backend": backend, "prefer": prefer, "require": require, "n_jobs": -1}
+    if require and backend is not None and not CAPS[backend].shared_memory:
+        with pytest.raises(ValueError, match="contradict"):
+            run(**kwargs, context=context, nesting=nesting)  # type: ignore[arg-type]
+        return
+    decision = run(**kwargs, context=context, nesting=nesting)  # type: ignore[arg-type]
+    caps = CAPS[decision.backend]
+    assert decision.reasons, "a decision always gives its reasons"
+    assert decision.n_jobs >= 1
+    if require:
+        assert caps.shared_memory, "require='sharedmem' always gets shared memory"
+    if caps.inline:
+        assert decision.n_jobs == 1
+    if backend is not None and decision.backend != "sequential":
+        assert decision.backend == backend, "an explicit backend is taken as it is"
+    if nesting.level and backend is None and context in ("threads", "processes"):
+        assert decision.backend != "processes", "the outer context does not pick nested calls"
+    if nesting.level == 0 and backend is None and not require and context is not None:
+        assert decision.backend in (context, "sequential"), "the user's context beats prefer"
+    if decision.nesting_level:
+        cores = nesting.budget or 1
+        assert decision.n_jobs <= cores or backend is not None or context == "cluster"
