@@ -7,7 +7,6 @@ session from the backend registry and hands the tasks to :class:`parlay._runner.
 
 from __future__ import annotations
 
-import functools
 import logging
 import numbers
 import re
@@ -70,16 +69,33 @@ def delayed(function: Callable[P, R]) -> Callable[P, Task[R]]:
     """
     if not callable(function):
         raise TypeError(f"delayed() needs a callable, got {type(function).__name__}: {function!r}")
+    return _Delayed(function)
 
-    def make_task(*args: P.args, **kwargs: P.kwargs) -> Task[R]:
+
+@final
+class _Delayed(Generic[P, R]):
+    """What ``delayed(f)`` returns: calling it makes a Task.
+
+    A small class rather than a ``functools.wraps`` closure: ``delayed(f)(x)`` is usually
+    written once per task, and copying the wrapper's attributes each time cost more than
+    the rest of a task's dispatch.
+    """
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, function: Callable[P, R]) -> None:
+        self.__wrapped__ = function
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Task[R]:
         # tuple.__new__ skips NamedTuple's Python-level __new__: this runs once per task.
-        return tuple.__new__(Task, (function, args, kwargs))
+        return tuple.__new__(Task, (self.__wrapped__, args, kwargs))
 
-    try:
-        functools.update_wrapper(make_task, function)
-    except AttributeError:  # some callables (partials, C objects) lack __name__ and friends
-        pass
-    return make_task
+    @property
+    def __name__(self) -> str:
+        return str(getattr(self.__wrapped__, "__name__", type(self.__wrapped__).__name__))
+
+    def __repr__(self) -> str:
+        return f"delayed({self.__wrapped__!r})"
 
 
 def check_task(item: object, index: int) -> tuple[Any, ...]:
