@@ -28,13 +28,14 @@ every pool serves its queue in order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +215,7 @@ class Call:
             exit_codes=error.exit_codes,
         )
 
-    def _outcomes(self) -> Iterator[tuple[Batch, BatchResult]]:
+    def _outcomes(self) -> Generator[tuple[Batch, BatchResult], None, None]:
         """Yield each finished batch with its result, in completion order, refilling."""
         kill = False
         try:
@@ -282,11 +283,29 @@ class Call:
                 raise error
         return result.values
 
+    @contextlib.contextmanager
+    def _driving(self) -> Iterator[Generator[tuple[Batch, BatchResult], None, None]]:
+        """Drive `_outcomes` and abort it as soon as the consumer leaves, whatever the way.
+
+        Closing the inner generator explicitly matters: a traceback keeps the frames (and so
+        the generator) alive, and pending work would go on until it is collected.
+        """
+        outcomes = self._outcomes()
+        try:
+            yield outcomes
+        except BaseException as exc:
+            if not isinstance(exc, Exception | GeneratorExit):
+                self._abort(kill=True)  # Ctrl-C while the consumer held control
+            raise
+        finally:
+            outcomes.close()
+
     def results_list(self) -> list[Any]:
         """Run the call to the end and return the results in task order."""
         parts: dict[int, list[Any]] = {}
-        for batch, result in self._outcomes():
-            parts[batch.start] = self._values(batch, result)
+        with self._driving() as outcomes:
+            for batch, result in outcomes:
+                parts[batch.start] = self._values(batch, result)
         out: list[Any] = []
         for start in sorted(parts):
             out.extend(parts[start])
@@ -296,14 +315,16 @@ class Call:
         """Yield results in task order as soon as each is available."""
         pending: dict[int, list[Any]] = {}
         next_start = 0
-        for batch, result in self._outcomes():
-            pending[batch.start] = self._values(batch, result)
-            while next_start in pending:
-                values = pending.pop(next_start)
-                next_start += len(values)
-                yield from values
+        with self._driving() as outcomes:
+            for batch, result in outcomes:
+                pending[batch.start] = self._values(batch, result)
+                while next_start in pending:
+                    values = pending.pop(next_start)
+                    next_start += len(values)
+                    yield from values
 
     def results_unordered(self) -> Iterator[Any]:
         """Yield results as batches complete."""
-        for batch, result in self._outcomes():
-            yield from self._values(batch, result)
+        with self._driving() as outcomes:
+            for batch, result in outcomes:
+                yield from self._values(batch, result)
