@@ -34,12 +34,16 @@ from ._exceptions import SerializationError as SerializationError
 from ._exceptions import TaskTimeoutError as TaskTimeoutError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._negotiate import Decision as Decision
+from ._worker import Batch as Batch
+from ._worker import BatchResult as BatchResult
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "Batch",
+    "BatchResult",
     "Capabilities",
     "Decision",
     "InternalError",

@@ -73,6 +73,23 @@ class Batch:
         """The function of the task at `offset` in this batch."""
         return self.func[offset] if isinstance(self.func, list) else self.func
 
+    def run(self) -> BatchResult:
+        """Run the tasks here, in this thread (what a worker in this process calls)."""
+        return run_batch(self)
+
+    def pack(self) -> bytes:
+        """Pickle the batch for a worker in another process (see :meth:`run_packed`)."""
+        return pack(self)
+
+    @staticmethod
+    def run_packed(payload: bytes) -> bytes:
+        """In a worker process: unpickle a packed batch, run it, pickle its result."""
+        return run_packed(payload)
+
+    def unpack(self, data: bytes) -> BatchResult:
+        """In the caller: unpickle what :meth:`run_packed` returned for this batch."""
+        return unpack(data, self)
+
 
 @dataclass(slots=True)
 class BatchResult:

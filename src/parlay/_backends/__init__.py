@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.util
 import logging
 import threading
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -96,8 +97,18 @@ def backend_class(name: str) -> type[Backend]:
                 ) from exc
         else:
             cls = spec
+        _check_requirements(name, cls)
         _loaded[name] = cls
         return cls
+
+
+def _check_requirements(name: str, cls: type[Backend]) -> None:
+    missing = [module for module in cls.requires if importlib.util.find_spec(module) is None]
+    if missing:
+        fix = f'pip install "parlay[{cls.extra}]"' if cls.extra else f"install {', '.join(missing)}"
+        raise BackendUnavailableError(
+            f"backend={name!r} needs {', '.join(missing)}, which is not installed: {fix}"
+        )
 
 
 def capabilities_of(name: str) -> Capabilities:

@@ -71,6 +71,10 @@ class Session(abc.ABC):
     def submit(self, batch: Batch) -> Future[BatchResult]:
         """Start running `batch`; return a future of its :class:`BatchResult`.
 
+        A worker in this process runs it with ``batch.run()``; a worker in another
+        process runs ``parlay.Batch.run_packed(batch.pack())`` and the session returns
+        ``batch.unpack(data)`` of what that gave back.
+
         Engine errors that mean the pool is broken (a worker died) are raised by the
         future as :class:`parlay.WorkerDiedError`; errors the batch could not be sent
         for (pickling) are raised here as :class:`parlay.SerializationError`.
@@ -100,11 +104,16 @@ class Backend(abc.ABC):
     Subclasses set :attr:`name` and :attr:`capabilities` as class attributes (the
     negotiation reads them without starting anything), take their options as keyword
     arguments of ``__init__`` (rejecting unknown ones with ``TypeError``), and
-    implement :meth:`open`. Engines are imported in :meth:`open`, never at module level.
+    implement :meth:`open`. Engines are imported in :meth:`open`, never at module level;
+    list them in :attr:`requires` so that a missing one is reported before anything starts.
     """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: Modules the engine needs; checked (without importing them) before the backend is used.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: The parlay extra that installs them, named in the error when one is missing.
+    extra: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
         if params:
