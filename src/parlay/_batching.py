@@ -34,6 +34,11 @@ class BatchSizer:
         self._target = target if timeout is None else min(target, timeout / 4)
         self._per_task: float | None = None
 
+    @property
+    def measured(self) -> bool:
+        """Whether sizes are settled: fixed, or a task duration has been measured."""
+        return self._fixed is not None or self._per_task is not None
+
     def next_size(self, remaining: int | None) -> int:
         """Size of the next batch; `remaining` is the count of tasks left, if known."""
         if self._fixed is not None:

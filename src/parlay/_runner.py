@@ -120,7 +120,14 @@ class Call:
             raise
 
     def _fill(self) -> None:
-        while not self._exhausted and len(self._inflight) < self._max_inflight:
+        # Until a task has been timed, batches hold one task: send only a few of them, so
+        # that pre_dispatch="all" does not turn a long iterable into one batch per task.
+        limit = (
+            self._max_inflight
+            if self._sizer.measured
+            else min(self._max_inflight, 2 * self._n_workers)
+        )
+        while not self._exhausted and len(self._inflight) < limit:
             size = self._sizer.next_size(self._remaining)
             chunk = self._take(size)
             if not chunk:

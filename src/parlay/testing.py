@@ -65,6 +65,15 @@ def exit_at(x: int, bad: int) -> int:
     return x
 
 
+def kill_self_at(x: int, bad: int) -> int:
+    """Return `x`, but SIGKILL the worker process when ``x == bad`` (as the OOM killer does)."""
+    if x == bad:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
 def sleep_at(x: int, bad: int, seconds: float, pid_file: str | None = None) -> int:
     """Return `x`; when ``x == bad``, write the pid to `pid_file` and sleep `seconds`."""
     if x == bad:
@@ -275,16 +284,17 @@ def check_dead_worker(backend: str | Backend, n_jobs: int = 2) -> None:
     """A worker that dies gives WorkerDiedError naming the task, then the next call works."""
     if not _capabilities(backend).separate_processes:
         return  # os._exit would end the caller's own process
-    t0 = time.monotonic()
-    try:
-        Parallel(n_jobs=n_jobs, backend=backend)(delayed(exit_at)(i, 7) for i in range(30))
-    except WorkerDiedError as exc:
-        assert 7 in exc.tasks, exc.tasks
-    else:
-        raise AssertionError("WorkerDiedError was not raised")
-    assert time.monotonic() - t0 < 10
-    out = Parallel(n_jobs=n_jobs, backend=backend)(delayed(square)(i) for i in range(10))
-    assert out == [i * i for i in range(10)]
+    for dying in (exit_at, kill_self_at):
+        t0 = time.monotonic()
+        try:
+            Parallel(n_jobs=n_jobs, backend=backend)(delayed(dying)(i, 7) for i in range(30))
+        except WorkerDiedError as exc:
+            assert 7 in exc.tasks, exc.tasks
+        else:
+            raise AssertionError(f"{dying.__name__}: WorkerDiedError was not raised")
+        assert time.monotonic() - t0 < 10, f"{dying.__name__}: took {time.monotonic() - t0} s"
+        out = Parallel(n_jobs=n_jobs, backend=backend)(delayed(square)(i) for i in range(10))
+        assert out == [i * i for i in range(10)]
 
 
 def check_serialization_errors(backend: str | Backend, n_jobs: int = 2) -> None:
