@@ -355,7 +355,6 @@ class Parallel:
             iterable,
             session=session,
             capabilities=caps,
-            backend_name=decision.backend,
             context=WorkerContext(nesting, _config.current_layers()),
             batch_size=self._batch_size,
             pre_dispatch=_pre_dispatch_batches(self._pre_dispatch, decision.n_jobs),

@@ -66,7 +66,6 @@ class Call:
         *,
         session: Session,
         capabilities: Capabilities,
-        backend_name: str,
         context: WorkerContext,
         batch_size: int | None,
         pre_dispatch: int | None,
@@ -78,7 +77,6 @@ class Call:
         self._session = session
         self._capabilities = capabilities
         self._inline_timeout = timeout if capabilities.inline else None
-        self._backend_name = backend_name
         self._context = context
         self._timeout = timeout
         self._return_exceptions = return_exceptions
