@@ -1,0 +1,1 @@
+"""Benchmark harness for parlay: see benchmarks/README.md."""

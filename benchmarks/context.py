@@ -1,0 +1,78 @@
+"""Shared pieces of the workloads: options, context, timing and summaries."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.procs import MemorySampler
+from benchmarks.systems import Adapter
+
+
+@dataclass
+class Options:
+    """Per-cell settings, from the command line of ``benchmarks.cell``."""
+
+    repeat: int = 3
+    w2_loops: int | None = None
+    w3_reps: int | None = None
+    call_limit: float = 90.0
+    fault_limit: float = 30.0
+    sample_interval: float = 0.02
+
+
+@dataclass
+class Context:
+    """What a workload's run function gets besides the adapter."""
+
+    options: Options
+    #: ``guard(phase, limit=None)``: arms the cell's watchdog around one call.
+    guard: Callable[..., AbstractContextManager[None]]
+    #: The cell's JSON, shared: facts written here survive a hang.
+    record: dict[str, Any]
+
+
+def summary(values: Sequence[float], unit: str, scale: float = 1.0) -> dict[str, Any]:
+    """Median, min and max of ``values`` times ``scale``, with their unit."""
+    scaled = [v * scale for v in values]
+    return {
+        "median": statistics.median(scaled),
+        "min": min(scaled),
+        "max": max(scaled),
+        "unit": unit,
+    }
+
+
+def sampling(ctx: Context) -> MemorySampler:
+    """The memory sampler for the measured calls (no thread if the interval is 0)."""
+    return MemorySampler(ctx.options.sample_interval)
+
+
+def time_calls(
+    adapter: Adapter,
+    ctx: Context,
+    fn: Callable[..., Any],
+    args: Sequence[tuple[Any, ...]],
+    check: Callable[[list[Any]], None],
+    *,
+    chunksize: int = 1,
+) -> dict[str, Any]:
+    """Run the same call ``repeat`` times under the memory sampler.
+
+    Inputs are made before this is called, so they are part of the memory
+    baseline and not of the "extra" memory. Each call's results go through
+    ``check`` (outside the timed region), so a wrong answer fails the cell.
+    """
+    times: list[float] = ctx.record.setdefault("times_s", [])
+    with sampling(ctx) as sampler:
+        for r in range(ctx.options.repeat):
+            with ctx.guard(f"call {r + 1}/{ctx.options.repeat}"):
+                start = time.perf_counter()
+                out = adapter.run(fn, args, chunksize=chunksize)
+                times.append(time.perf_counter() - start)
+            check(out)
+    return {"times_s": times, "memory": sampler.report()}

@@ -1,0 +1,259 @@
+"""Markdown tables from the cells' JSON records.
+
+Four tables: the call time (or the fault summary) of every cell, ratios
+between pairs of systems, the engines' start-up time, and the peak extra
+memory during the measured calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Record = dict[str, Any]
+
+#: Default ratio columns "a/b": a's value divided by b's (below 1: a is faster).
+DEFAULT_RATIOS = (
+    "parlay-processes/joblib-loky",
+    "parlay-threads/joblib-threading",
+    "parlay-processes/cf-processes",
+    "parlay-threads/cf-threads",
+    "parlay-sequential/serial",
+    "parlay-processes/serial",
+    "parlay-threads/serial",
+    "joblib-loky/serial",
+    "cf-processes/serial",
+)
+
+TITLES = {
+    "import": "import (ms)",
+    "W1": "W1 µs/task",
+    "W2": "W2 s",
+    "W3": "W3 s",
+    "F1": "F1 ValueError",
+    "F2": "F2 os._exit",
+    "F3": "F3 timeout=2",
+}
+
+#: Cells during whose calls other processes used more than this share of the
+#: machine's CPU capacity are flagged with BUSY_MARK.
+BUSY_SHARE = 0.10
+BUSY_MARK = " *"
+
+YES, NO = "\u2713", "\u2717"
+#: En dash between min and max; multiplication sign after a ratio.
+DASH, TIMES = "\u2013", "\u00d7"
+
+
+def num(value: float) -> str:
+    """A number with about three significant digits, never in e-notation."""
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    if value >= 0.001:
+        return f"{value:.3g}"
+    return f"{value:.5f}".rstrip("0").rstrip(".") or "0"
+
+
+def megabytes(value: float) -> str:
+    """A memory figure in MB: whole numbers from 10 MB up, one decimal below."""
+    value = max(value, 0.0)
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def spread(value: dict[str, Any]) -> str:
+    """``median (min-max)``, or just the median when there was one run."""
+    if value["min"] == value["max"]:
+        return num(value["median"])
+    return f"{num(value['median'])} ({num(value['min'])}{DASH}{num(value['max'])})"
+
+
+def mark(flag: object) -> str:
+    """A check mark or a cross."""
+    return YES if flag else NO
+
+
+def clean(text: str) -> str:
+    """Make text safe inside a Markdown table cell."""
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def status_text(rec: Record) -> str | None:
+    """Text for a cell that did not run to completion, else None."""
+    status = rec.get("status")
+    if status == "ok":
+        return None
+    if status in ("n/a", "unavailable"):
+        return str(status)
+    if status == "hang":
+        return clean(f"hang: {rec.get('reason', '')}")
+    if status == "timeout":
+        return f"TIMEOUT (killed after {num(rec.get('cell_timeout_s', 0))} s)"
+    if status == "crash":
+        return f"crash (exit {rec.get('exit_code')})"
+    return clean(f"error: {str(rec.get('reason', status))[:60]}")
+
+
+def fault_text(rec: Record) -> str:
+    """Summary of a fault cell: what was raised, how fast, what followed."""
+    fault, wl = rec.get("fault", {}), rec["workload"]
+    raised = fault.get("error_type") or ("returned" if fault.get("outcome") == "returned" else "?")
+    parts = [f"{raised} {spread(rec['value'])} s"]
+    if wl == "F1":
+        parts.append(f"tb {mark(fault.get('traceback_has_source_line'))}")
+    if wl == "F3":
+        parts.append(f"builtin {mark(fault.get('is_builtin_timeout_error'))}")
+        stopped = f"stopped {mark(fault.get('stuck_stopped'))}"
+        if fault.get("stuck_finished_by_itself"):
+            stopped += " (ran to its end)"
+        parts.append(stopped)
+    if "next_ok" in fault:
+        nxt = f"next {mark(fault['next_ok'])}"
+        if fault.get("next_error"):
+            nxt += f" ({fault['next_error']})"
+        parts.append(nxt)
+    return clean(" · ".join(parts))
+
+
+def busy(rec: Record) -> str:
+    """The mark of a cell disturbed by other processes, or nothing."""
+    share = (rec.get("memory") or {}).get("foreign_cpu_share")
+    return BUSY_MARK if share is not None and share > BUSY_SHARE else ""
+
+
+def cell_text(rec: Record | None) -> str:
+    """Text of one cell of the main table."""
+    if rec is None:
+        return ""
+    text = status_text(rec)
+    if text is not None:
+        return text
+    if rec["workload"].startswith("F"):
+        return fault_text(rec) + busy(rec)
+    body = spread(rec["value"]) + busy(rec)
+    if rec["workload"] == "import":
+        heavy = rec.get("import", {}).get("heavy_modules_loaded", [])
+        if heavy:
+            body += f" [{', '.join(heavy)}]"
+    return body
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def index(records: Sequence[Record]) -> dict[tuple[str, str], Record]:
+    """Records keyed by (workload, system)."""
+    return {(r["workload"], r["system"]): r for r in records}
+
+
+def primary(rec: Record | None) -> float | None:
+    """The value a ratio uses: the median of a cell that completed."""
+    if rec is None or rec.get("status") != "ok" or "value" not in rec:
+        return None
+    return float(rec["value"]["median"])
+
+
+def main_table(records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]) -> str:
+    """Rows = workloads, columns = systems."""
+    cells = index(records)
+    rows = [[TITLES.get(w, w)] + [cell_text(cells.get((w, s))) for s in systems] for w in workloads]
+    return table(["workload", *systems], rows)
+
+
+def ratio_table(
+    records: Sequence[Record],
+    workloads: Sequence[str],
+    systems: Sequence[str],
+    pairs: Sequence[str] = DEFAULT_RATIOS,
+) -> str:
+    """Ratios a/b of the primary values, for the pairs whose systems both ran."""
+    cells = index(records)
+    usable = [p for p in pairs if all(s in systems for s in p.split("/"))]
+    if not usable:
+        return "(no ratio column: none of its system pairs was run)"
+    rows = []
+    for w in workloads:
+        row = [TITLES.get(w, w)]
+        for pair in usable:
+            recs = [cells.get((w, s)) for s in pair.split("/")]
+            a, b = (primary(r) for r in recs)
+            if a is None or not b:
+                row.append(DASH)
+                continue
+            flag = BUSY_MARK if any(busy(r) for r in recs if r is not None) else ""
+            row.append(f"{a / b:.2f}{TIMES}{flag}")
+        rows.append(row)
+    return table(["workload", *usable], rows)
+
+
+def startup_table(
+    records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]
+) -> str:
+    """Engine start-up (pool creation + warm-up call) in seconds."""
+    cells = index(records)
+    rows = []
+    for w in workloads:
+        row = [TITLES.get(w, w)]
+        for s in systems:
+            rec = cells.get((w, s))
+            ok = rec is not None and "startup_s" in rec
+            row.append(num(rec["startup_s"]) if ok else DASH)  # type: ignore[index]
+        rows.append(row)
+    return table(["workload", *systems], rows)
+
+
+def memory_table(
+    records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]
+) -> str:
+    """Peak extra MB during the calls: process-tree RSS / machine-wide used."""
+    cells = index(records)
+    rows = []
+    for w in workloads:
+        row = [TITLES.get(w, w)]
+        for s in systems:
+            mem = (cells.get((w, s)) or {}).get("memory")
+            row.append(
+                f"{megabytes(mem['tree_rss_peak_extra_mb'])} / "
+                f"{megabytes(mem['machine_used_peak_extra_mb'])}"
+                if mem
+                else DASH
+            )
+        rows.append(row)
+    return table(["workload", *systems], rows)
+
+
+def render(
+    records: Sequence[Record],
+    workloads: Sequence[str],
+    systems: Sequence[str],
+    pairs: Sequence[str] = DEFAULT_RATIOS,
+) -> str:
+    """All tables, with headings, as one Markdown string."""
+    perf = [w for w in workloads if not w.startswith("F") and w != "import"]
+    engine = [w for w in workloads if w != "import"]
+    parts = [
+        f"## Call time: median (min{DASH}max) of the measured calls",
+        main_table(records, workloads, systems),
+        "F cells: exception raised · time to it (F3: time to leave the call) · "
+        "tb = task's raise line in the traceback · builtin = isinstance(e, TimeoutError) · "
+        "stopped = stuck task stopped · next = a second call on the same backend works. "
+        f"{BUSY_MARK.strip()} = other processes used more than {BUSY_SHARE:.0%} of the "
+        "machine's CPU during the calls (disturbed; rerun).",
+        "## Ratios of medians (below 1: the first system is faster)",
+        ratio_table(records, workloads, systems, pairs),
+        "## Engine start-up: pool creation + warm-up call (s)",
+        startup_table(records, engine, systems),
+    ]
+    if perf:
+        parts += [
+            "## Peak extra memory during the calls (MB): process-tree RSS / machine used",
+            memory_table(records, perf, systems),
+        ]
+    return "\n\n".join(parts) + "\n"

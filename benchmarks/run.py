@@ -1,0 +1,258 @@
+"""Run the benchmark grid: every (workload, system) cell in a fresh subprocess.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.run --workloads W1,W2,F1 --systems serial,joblib-loky \\
+        --repeat 3 --out results.json
+
+Each cell is ``python -m benchmarks.cell WORKLOAD SYSTEM ...`` in its own
+session (process group), with its output in temporary files. A cell that
+outlives ``--timeout`` is killed with its whole process tree and reported
+as a timeout; a cell that dies without printing its JSON line is reported
+as a crash. After every cell, any process left in its group or carrying its
+token in the environment is killed. The tables go to stdout, progress to
+stderr, and all records (with the run's metadata) to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.procs import TOKEN_VAR, descendants, kill_all, kill_marked
+from benchmarks.scenarios import WORKLOADS, calibrate_sort, calibrate_spin
+from benchmarks.systems import SYSTEMS, all_cores
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cell_env() -> dict[str, str]:
+    """Environment of the cells: the repository's ``src`` and root first on the path.
+
+    So ``parlay`` is the working tree's, installed or not, and worker
+    processes can import ``benchmarks.workloads``.
+    """
+    env = os.environ.copy()
+    paths = [str(ROOT / "src"), str(ROOT)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def last_json(stdout: str) -> dict[str, Any] | None:
+    """The last line of ``stdout`` that is a JSON object, if any."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def sweep(pgid: int, token: str) -> int:
+    """Kill whatever is left of a cell: its process group and its token bearers."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return kill_marked(token)
+
+
+def kill_cell(proc: subprocess.Popen[bytes]) -> int:
+    """Kill a cell and its process tree; return the cell's exit code.
+
+    The cell goes first, so its workers become orphans that init reaps.
+    """
+    orphans = descendants(proc.pid)
+    proc.kill()
+    code = proc.wait()
+    kill_all(orphans)
+    return code
+
+
+def run_cell(
+    workload: str, system: str, args: argparse.Namespace, extra: list[str]
+) -> dict[str, Any]:
+    """Run one cell in a fresh subprocess and return its record."""
+    token = uuid.uuid4().hex
+    env = cell_env()
+    env[TOKEN_VAR] = token
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.cell",
+        workload,
+        system,
+        "--repeat",
+        str(args.repeat),
+        *extra,
+    ]
+    timed_out = False
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, cwd=ROOT, env=env, start_new_session=True
+        )
+        try:
+            code = proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            code = kill_cell(proc)
+        except BaseException:  # Ctrl-C: leave nothing behind
+            kill_cell(proc)
+            sweep(proc.pid, token)
+            raise
+        leftovers = sweep(proc.pid, token)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    record = last_json(stdout)
+    if record is None:
+        record = {
+            "workload": workload,
+            "system": system,
+            "status": "timeout" if timed_out else "crash",
+            "reason": "no result line",
+            "stderr_tail": stderr[-1500:],
+        }
+    elif timed_out and record.get("status") == "running":
+        record["status"] = "timeout"
+    record.update(
+        exit_code=code,
+        cell_wall_s=time.perf_counter() - started,
+        cell_timeout_s=args.timeout,
+        leftover_processes_killed=leftovers,
+    )
+    if record.get("status") in ("error", "crash") and stderr:
+        record.setdefault("stderr_tail", stderr[-1500:])
+    return record
+
+
+def progress(i: int, total: int, rec: dict[str, Any]) -> None:
+    """One line per finished cell, on stderr."""
+    text = report.cell_text(rec)
+    print(
+        f"[{i}/{total}] {rec['workload']:>6} {rec['system']:<22} {rec['status']:<11} "
+        f"{text[:70]}  ({rec['cell_wall_s']:.1f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def names(text: str | None, known: dict[str, Any], what: str, default: list[str]) -> list[str]:
+    """Parse a comma-separated list of names, checked against ``known``."""
+    if not text:
+        return default
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return chosen
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments of the runner."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workloads", help=f"comma-separated, default all: {','.join(WORKLOADS)}")
+    p.add_argument("--systems", help="comma-separated, default: all but the optional ones (--list)")
+    p.add_argument("--repeat", type=int, default=3, help="measured calls per cell (default 3)")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds before a cell is killed (default 120)"
+    )
+    p.add_argument(
+        "--fault-limit",
+        type=float,
+        default=30.0,
+        help="seconds F2's fault call may take before it counts as a hang",
+    )
+    p.add_argument(
+        "--sample-interval",
+        type=float,
+        default=0.02,
+        help="memory sampling period in the cells, s; 0 disables (default 0.02)",
+    )
+    p.add_argument("--ratios", help="ratio columns as a/b pairs, comma-separated")
+    p.add_argument("--out", help="write all records as JSON to this file")
+    p.add_argument("--list", action="store_true", help="list workloads and systems, then exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m benchmarks.run``."""
+    args = parse(argv)
+    if args.list:
+        print("workloads:", ", ".join(WORKLOADS))
+        for name, cls in SYSTEMS.items():
+            print(f"system {name}{'' if cls.default else ' (run only when named)'}")
+        return 0
+    workloads = names(args.workloads, WORKLOADS, "workload", list(WORKLOADS))
+    systems = names(
+        args.systems, SYSTEMS, "system", [n for n, cls in SYSTEMS.items() if cls.default]
+    )
+    pairs = tuple(args.ratios.split(",")) if args.ratios else report.DEFAULT_RATIOS
+    # A hang inside a cell is caught by the cell's own watchdog, before the
+    # runner's timeout, so the cell can still report what it measured.
+    extra = [
+        "--call-limit",
+        str(max(5.0, args.timeout * 0.75)),
+        "--fault-limit",
+        str(min(args.fault_limit, args.timeout * 0.5)),
+        "--sample-interval",
+        str(args.sample_interval),
+    ]
+    meta: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cores": all_cores(),
+        "repeat": args.repeat,
+        "timeout_s": args.timeout,
+    }
+    if "W2" in workloads:
+        meta["w2_loops"] = calibrate_spin()
+        extra += ["--w2-loops", str(meta["w2_loops"])]
+    if "W3" in workloads:
+        meta["w3_sorts_per_task"] = calibrate_sort()
+        extra += ["--w3-reps", str(meta["w3_sorts_per_task"])]
+    calibration = {k: v for k, v in meta.items() if k.startswith("w")}
+    if calibration:
+        print(f"calibration: {json.dumps(calibration)}", file=sys.stderr, flush=True)
+    records = []
+    total = len(workloads) * len(systems)
+    for w in workloads:
+        for s in systems:
+            records.append(run_cell(w, s, args, extra))
+            progress(len(records), total, records[-1])
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    print(report.render(records, workloads, systems, pairs))
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"meta": meta, "cells": records}, indent=1, ensure_ascii=False, default=str)
+            + "\n"
+        )
+        print(f"results written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The systems under test: one small adapter each, kept in a registry.
+
+An adapter knows how to start its engine (pool creation plus a warm-up call),
+run one parallel call of ``fn(*args)`` over a list of argument tuples, and
+close its engine. To add a system (say joblib's dask or ray backend), write
+a subclass and decorate it with :func:`register`; nothing else changes.
+
+Every adapter imports its library lazily, inside its methods, so that the
+registry can be imported (and listed) without any of them installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from benchmarks import workloads
+
+Task = Callable[..., Any]
+ArgList = Sequence[tuple[Any, ...]]
+
+#: Seconds each warm-up task sleeps; long enough for a pool to hand the
+#: warm-up tasks to all of its workers, short enough to be cheap.
+WARM_TASK_SECONDS = 0.01
+#: Warm-up calls stop once every worker answered, or after this many seconds.
+WARM_LIMIT_S = 2.0
+
+
+class Adapter:
+    """Base class of a system under test."""
+
+    #: Registry key and column name.
+    name: ClassVar[str] = ""
+    #: True if tasks run in other processes (so a task may kill its worker).
+    isolated: ClassVar[bool] = False
+    #: False for systems that run tasks one at a time in the caller.
+    parallel: ClassVar[bool] = True
+    #: True if a call accepts a ``timeout``.
+    supports_timeout: ClassVar[bool] = True
+    #: Statement whose import time the ``import`` workload measures.
+    import_stmt: ClassVar[str] = "pass"
+    #: False for systems run only when named in ``--systems``.
+    default: ClassVar[bool] = True
+    #: Module imported before start-up is timed (besides ``version_module``).
+    preload_module: ClassVar[str | None] = None
+    #: Module whose version is recorded in the cell's JSON, if any.
+    version_module: ClassVar[str | None] = None
+
+    def __init__(self, n_jobs: int) -> None:
+        self.n_jobs = n_jobs
+        self.warm_workers = 0
+        self.warm_calls = 0
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why the system cannot run here, or None if it can."""
+        if cls.version_module is None:
+            return None
+        try:
+            __import__(cls.version_module)
+        except Exception as exc:  # any import failure disqualifies
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import the system's library, so start-up timing leaves the import out."""
+        for name in (cls.preload_module, cls.version_module):
+            if name is not None:
+                importlib.import_module(name)
+
+    @classmethod
+    def version(cls) -> str | None:
+        """Version string of the library behind the system."""
+        if cls.version_module is None:
+            return None
+        module = __import__(cls.version_module)
+        return str(getattr(module, "__version__", "unknown"))
+
+    def start(self, imports: tuple[str, ...] = ()) -> None:
+        """Create the engine and warm up its workers.
+
+        Warm-up calls of ``2 * n_jobs`` short tasks are repeated until every
+        worker has answered one (or :data:`WARM_LIMIT_S` has passed); each
+        warm-up task imports ``imports`` first, so the measured calls do not
+        pay for the workload's imports either.
+        """
+        expected = self.n_jobs if self.parallel else 1
+        pause = WARM_TASK_SECONDS if self.parallel else 0.0
+        seen: set[Any] = set()
+        deadline = time.monotonic() + WARM_LIMIT_S
+        while True:
+            self.warm_calls += 1
+            seen.update(self.run(workloads.warm, [(pause, imports)] * (2 * expected)))
+            if len(seen) >= expected or time.monotonic() > deadline:
+                break
+        self.warm_workers = len(seen)
+
+    def run(
+        self,
+        fn: Task,
+        args: ArgList,
+        *,
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> list[Any]:
+        """Run ``fn(*a)`` for each ``a`` in ``args`` and return the results.
+
+        ``chunksize`` is a hint that only systems with a map-style chunk
+        parameter use; ``timeout`` is passed on where the system has one.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Shut the engine down (workers may still be killed afterwards)."""
+
+
+SYSTEMS: dict[str, type[Adapter]] = {}
+
+
+def register(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator adding an adapter to :data:`SYSTEMS` under its name."""
+    if not cls.name or cls.name in SYSTEMS:
+        raise ValueError(f"bad or duplicate system name {cls.name!r}")
+    SYSTEMS[cls.name] = cls
+    return cls
+
+
+@register
+class Serial(Adapter):
+    """A plain list comprehension in the calling thread; no engine."""
+
+    name = "serial"
+    parallel = False
+    supports_timeout = False
+
+    def start(self, imports: tuple[str, ...] = ()) -> None:
+        """No engine: only the workload's imports."""
+        workloads.warm(0.0, imports)
+        self.warm_workers = 1
+
+    def run(
+        self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
+    ) -> list[Any]:
+        return [fn(*a) for a in args]
+
+
+class _Futures(Adapter):
+    """concurrent.futures executors, driven through ``Executor.map``."""
+
+    import_stmt = "import concurrent.futures"
+    preload_module = "concurrent.futures"
+
+    def __init__(self, n_jobs: int) -> None:
+        super().__init__(n_jobs)
+        self.executor: Any = None
+
+    def _make(self) -> Any:
+        raise NotImplementedError
+
+    def start(self, imports: tuple[str, ...] = ()) -> None:
+        self.executor = self._make()
+        super().start(imports)
+
+    def run(
+        self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
+    ) -> list[Any]:
+        columns = list(zip(*args, strict=True)) if args else [()]
+        return list(self.executor.map(fn, *columns, timeout=timeout, chunksize=chunksize))
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@register
+class FuturesThreads(_Futures):
+    """``concurrent.futures.ThreadPoolExecutor(max_workers=n_jobs)``."""
+
+    name = "cf-threads"
+
+    def _make(self) -> Any:
+        from concurrent.futures import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(max_workers=self.n_jobs)
+
+
+@register
+class FuturesProcesses(_Futures):
+    """``concurrent.futures.ProcessPoolExecutor`` with the platform default start method."""
+
+    name = "cf-processes"
+    isolated = True
+
+    def _make(self) -> Any:
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(max_workers=self.n_jobs)
+
+
+class _Joblib(Adapter):
+    """``joblib.Parallel(n_jobs=-1, backend=...)``; a new Parallel per call."""
+
+    backend: ClassVar[str] = ""
+    import_stmt = "import joblib"
+    version_module = "joblib"
+
+    def run(
+        self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
+    ) -> list[Any]:
+        from joblib import Parallel, delayed
+
+        call = Parallel(n_jobs=-1, backend=self.backend, timeout=timeout)
+        return list(call(delayed(fn)(*a) for a in args))
+
+
+@register
+class JoblibThreading(_Joblib):
+    """joblib's threading backend."""
+
+    name = "joblib-threading"
+    backend = "threading"
+
+
+@register
+class JoblibLoky(_Joblib):
+    """joblib's default loky backend (a reusable process executor)."""
+
+    name = "joblib-loky"
+    backend = "loky"
+    isolated = True
+
+    def close(self) -> None:
+        # The executor joblib reuses lives in loky's module global; asking
+        # get_reusable_executor() for it could start a fresh one instead.
+        from joblib.externals.loky import reusable_executor
+
+        executor = getattr(reusable_executor, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, kill_workers=True)
+
+
+@register
+class JoblibMultiprocessing(_Joblib):
+    """joblib's multiprocessing backend (not in the default set: run it by name).
+
+    Kept because it shows a known hang: F2 never returns on it.
+    """
+
+    name = "joblib-multiprocessing"
+    backend = "multiprocessing"
+    isolated = True
+    default = False
+
+
+class _Parlay(Adapter):
+    """``parlay.Parallel(n_jobs=-1, backend=...)``; parlay keeps its pools."""
+
+    backend: ClassVar[str] = ""
+    import_stmt = "import parlay"
+    version_module = "parlay"
+
+    def run(
+        self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
+    ) -> list[Any]:
+        from parlay import Parallel, delayed
+
+        options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        call = Parallel(n_jobs=-1, backend=self.backend, **options)
+        return list(call(delayed(fn)(*a) for a in args))
+
+    def close(self) -> None:
+        import parlay
+
+        parlay.shutdown()
+
+
+@register
+class ParlaySequential(_Parlay):
+    """parlay's sequential backend (runs in the calling thread)."""
+
+    name = "parlay-sequential"
+    backend = "sequential"
+    parallel = False
+
+
+@register
+class ParlayThreads(_Parlay):
+    """parlay's thread backend."""
+
+    name = "parlay-threads"
+    backend = "threads"
+
+
+@register
+class ParlayProcesses(_Parlay):
+    """parlay's process backend."""
+
+    name = "parlay-processes"
+    backend = "processes"
+    isolated = True
+
+
+def all_cores() -> int:
+    """Number of cores the workloads use (``n_jobs = all cores``)."""
+    return os.cpu_count() or 1
