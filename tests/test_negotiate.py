@@ -28,13 +28,16 @@ def run(
     prefer: str | None = None,
     require: str | None = None,
     n_jobs: int | None = 2,
+    timeout: float | None = None,
     context: str | None = None,
     context_level: int = 0,
     context_n_jobs: int | None = None,
     nesting: Nesting = TOP,
     cores: int = 8,
 ) -> Decision:
-    hints = CallHints(backend=backend, n_jobs=n_jobs, prefer=prefer, require=require)
+    hints = CallHints(
+        backend=backend, n_jobs=n_jobs, prefer=prefer, require=require, timeout=timeout
+    )
     user = UserContext(
         cores=cores, backend=context, backend_level=context_level, n_jobs=context_n_jobs
     )
@@ -70,6 +73,11 @@ TABLE = [
     ({"n_jobs": 1}, "cluster", TOP, "cluster", "context"),
     ({"n_jobs": None}, None, TOP, "sequential", "n_jobs=1"),
     ({"backend": "sequential", "n_jobs": 4}, None, TOP, "sequential", "explicit"),
+    # ... and with a timeout, on a worker the caller can stop waiting for
+    ({"n_jobs": 1, "timeout": 2.0}, None, TOP, "processes", "default"),
+    ({"n_jobs": 1, "timeout": 2.0}, "threads", TOP, "threads", "n_jobs=1"),
+    ({"n_jobs": 1, "timeout": 2.0, "prefer": "threads"}, None, TOP, "threads", "n_jobs=1"),
+    ({"n_jobs": 1, "timeout": 2.0, "backend": "sequential"}, None, TOP, "sequential", "explicit"),
     # rule 7: nesting; the outer context does not pick a nested call's backend
     ({"n_jobs": -1}, "processes", NESTED_4, "threads", "nested"),
     ({"n_jobs": -1}, "processes", NESTED_1, "sequential", "nested"),

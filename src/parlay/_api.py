@@ -291,6 +291,7 @@ class Parallel:
             prefer_from=prefer.describe(),
             require=require.value,
             require_from=require.describe(),
+            timeout=self._timeout,
         )
         context = UserContext(
             cores=_budget.cpu_count(),

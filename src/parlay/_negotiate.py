@@ -48,6 +48,7 @@ class CallHints:
     prefer_from: str = "the call's argument"
     require: str | None = None
     require_from: str = "the call's argument"
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +136,7 @@ def decide(
     if caps.inline:
         workers = 1
     elif workers == 1 and not caps.distributed:
-        reasons.append(
-            f"one worker: the tasks run inline in the caller rather than on "
-            f"{backend!r}, which would only add overhead"
-        )
-        backend, rule = INLINE_BACKEND, "n_jobs=1"
+        backend, rule = _one_worker(backend, rule, caps, hints.timeout, reasons)
         caps = capabilities(backend)
 
     inner = cores if caps.inline else split_budget(cores, workers)
@@ -148,6 +145,30 @@ def decide(
         "parallel work (nested calls)"
     )
     return Decision(backend, workers, rule, tuple(reasons), inner, cores, nesting.level)
+
+
+def _one_worker(
+    backend: str, rule: str, caps: Capabilities, timeout: float | None, reasons: list[str]
+) -> tuple[str, str]:
+    """Rule 6: one worker runs inline, unless a timeout needs a worker it can stop."""
+    if timeout is None:
+        reasons.append(
+            f"one worker: the tasks run inline in the caller rather than on "
+            f"{backend!r}, which would only add overhead"
+        )
+        return INLINE_BACKEND, "n_jobs=1"
+    if caps.can_kill:
+        reasons.append(
+            f"one worker, but timeout={timeout} s: {backend!r} keeps its worker, which can "
+            "be killed at the timeout"
+        )
+        return backend, rule
+    reasons.append(
+        f"one worker, but timeout={timeout} s: the tasks run on one thread rather than "
+        "inline, so that the caller stops waiting at the timeout (an inline task cannot "
+        "be interrupted)"
+    )
+    return SHAREDMEM_BACKEND, "n_jobs=1"
 
 
 def _requested_n_jobs(hints: CallHints, context: UserContext) -> tuple[int, str]:

@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, cast
 
-import cloudpickle
-
 from . import _budget, _config
 from ._exceptions import RemoteTraceback, SerializationError
 
@@ -33,7 +31,15 @@ NO_KWARGS: Final[dict[str, Any]] = {}
 
 
 def _dumps(obj: object) -> bytes:
+    import cloudpickle  # here, not at module level: `import parlay` stays light
+
     return cast(bytes, cloudpickle.dumps(obj))
+
+
+def _loads(data: bytes) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +203,7 @@ def _first_unpicklable(batch: Batch, exc: BaseException) -> SerializationError:
 def run_packed(payload: bytes) -> bytes:
     """Worker-process entry point: unpickle a batch, run it, pickle its result."""
     try:
-        batch: Batch = cloudpickle.loads(payload)
+        batch: Batch = _loads(payload)
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
         failure = SerializationError(
@@ -237,7 +243,7 @@ def _picklable_result(batch: Batch, result: BatchResult) -> BatchResult:
 def unpack(data: bytes, batch: Batch) -> BatchResult:
     """Unpickle a worker's result in the caller, naming the tasks if that fails."""
     try:
-        result: BatchResult = cloudpickle.loads(data)
+        result: BatchResult = _loads(data)
     except Exception as exc:
         first, last = batch.start, batch.start + len(batch) - 1
         raise SerializationError(
