@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -12,19 +15,86 @@ import pytest
 
 import parlay
 
-# Backends every backend-generic test runs on. Later engines are added here; a backend is
-# skipped only when its extra is not installed.
-BACKENDS = ["sequential", "threads", "processes"]
+# Backends every backend-generic test runs on; a backend is skipped only when its extra is
+# not installed.
+BACKENDS = ["sequential", "threads", "processes", "dask", "ray"]
 
 # Process-wide helpers that engines start once and keep for the life of the interpreter.
 _SINGLETON_CHILDREN = ("resource_tracker",)
 _SHM_PREFIXES = ("parlay", "loky", "joblib", "psm_")
+# Processes and threads of the engines the test session starts once (a Dask LocalCluster,
+# a local Ray): they outlive single tests on purpose, so the leak check skips them and
+# their descendants (a restarted Dask worker is a new child of its nanny).
+_ENGINE_PIDS: set[int] = set()
+_ENGINE_THREAD_PREFIXES = ("IO loop", "Dask-", "TCP-Executor", "AsyncProcess", "ray_", "Thread-")
+_engines_started: set[str] = set()
+
+
+def _own(pids_before: set[int], threads_before: set[threading.Thread]) -> None:
+    _ENGINE_PIDS.update(p.pid for p in psutil.Process().children() if p.pid not in pids_before)
+    _ENGINE_THREADS.update(set(threading.enumerate()) - threads_before)
+
+
+_ENGINE_THREADS: set[threading.Thread] = set()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[str]:
+    """A real LocalCluster on 127.0.0.1, shared by the session; parlay reaches it by address.
+
+    It runs in parlay's host process for embedded clusters, so that its nannies' threads,
+    environment variables and worker processes stay out of the test process.
+    """
+    pytest.importorskip("distributed")
+    from parlay._backends.dask import EmbeddedCluster
+
+    pids = {p.pid for p in psutil.Process().children()}
+    threads = set(threading.enumerate())
+    cluster = EmbeddedCluster(2)
+    _own(pids, threads)
+    _engines_started.add("dask")
+    os.environ["PARLAY_DASK_ADDRESS"] = cluster.address
+    try:
+        yield cluster.address
+    finally:
+        os.environ.pop("PARLAY_DASK_ADDRESS", None)
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def ray_runtime() -> Iterator[None]:
+    """A real local Ray, shared by the session; parlay uses it as the user's Ray."""
+    ray = pytest.importorskip("ray")
+    folder = tempfile.mkdtemp(prefix="parlay-test-ray-")
+    pids = {p.pid for p in psutil.Process().children()}
+    threads = set(threading.enumerate())
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        _temp_dir=folder,
+        _node_ip_address="127.0.0.1",
+    )
+    _own(pids, threads)
+    _engines_started.add("ray")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The name of the backend under test."""
-    return str(request.param)
+    """The name of the backend under test (cluster engines started once per session)."""
+    name = str(request.param)
+    if name == "dask":
+        request.getfixturevalue("dask_cluster")
+    elif name == "ray":
+        request.getfixturevalue("ray_runtime")
+    return name
 
 
 def _children() -> dict[int, str]:
@@ -36,7 +106,13 @@ def _children() -> dict[int, str]:
                 continue
         except psutil.Error:
             continue
-        if not any(name in cmdline for name in _SINGLETON_CHILDREN):
+        if any(name in cmdline for name in _SINGLETON_CHILDREN):
+            continue
+        try:
+            lineage = {child.pid, *(parent.pid for parent in child.parents())}
+        except psutil.Error:
+            continue
+        if not lineage & _ENGINE_PIDS:
             found[child.pid] = cmdline
     return found
 
@@ -70,16 +146,29 @@ def no_leaks() -> Iterator[None]:
     parlay keeps its pools open between calls on purpose; ``parlay.shutdown()`` must
     close them, so the check runs after it.
     """
+    started = set(_engines_started)
     threads_before = set(threading.enumerate())
     children_before = set(_children())
     shm_before = _shm()
     env_before = dict(os.environ)
     yield
     parlay.shutdown()
+    if _engines_started != started:
+        # A session engine started inside this test: what it started is not a leak.
+        threads_before |= _ENGINE_THREADS
+        children_before |= set(_children())
+        # ray.init sets variables for its driver (RAY_*, PYTHONBREAKPOINT): Ray's doing.
+        for name in os.environ:
+            if name in ("PARLAY_DASK_ADDRESS", "PYTHONBREAKPOINT") or name.startswith("RAY_"):
+                env_before[name] = os.environ[name]
     _wait_until(lambda: not (set(_children()) - children_before), 10)
     leaked_children = {p: c for p, c in _children().items() if p not in children_before}
     _wait_until(lambda: not (set(threading.enumerate()) - threads_before), 5)
-    leaked_threads = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+    leaked_threads = [
+        t.name
+        for t in set(threading.enumerate()) - threads_before
+        if t.is_alive() and not (_engines_started and t.name.startswith(_ENGINE_THREAD_PREFIXES))
+    ]
     leaked_shm = _shm() - shm_before
     env_changed = sorted(
         k

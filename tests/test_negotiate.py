@@ -15,7 +15,9 @@ CAPS = {
     "threads": Capabilities(shared_memory=True, separate_processes=False),
     "processes": Capabilities(shared_memory=False, separate_processes=True, can_kill=True),
     # A cluster engine, as the dask and ray backends declare themselves.
-    "cluster": Capabilities(shared_memory=False, separate_processes=True, distributed=True),
+    "cluster": Capabilities(
+        shared_memory=False, separate_processes=True, distributed=True, reentrant=True
+    ),
 }
 TOP = Nesting()
 NESTED_1 = Nesting(level=1, budget=1, parent="'processes' with 4 workers")

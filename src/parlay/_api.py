@@ -256,7 +256,7 @@ class Parallel:
         self._pre_dispatch = _check_pre_dispatch(pre_dispatch)
         self._batch_size = _check_batch_size(batch_size)
         _config.check_temp_folder(temp_folder)
-        _config.check_max_nbytes(max_nbytes)
+        self._max_nbytes = _config.check_max_nbytes(max_nbytes)
         _config.check_choice(mmap_mode, "mmap_mode", _config.MMAP_MODES)
         self._prefer = _none_to_unset(_config.check_choice(prefer, "prefer", _config.PREFER_VALUES))
         self._require = _none_to_unset(
@@ -361,6 +361,7 @@ class Parallel:
             pre_dispatch=_pre_dispatch_batches(self._pre_dispatch, decision.n_jobs),
             timeout=self._timeout,
             return_exceptions=self._return_exceptions,
+            max_nbytes=self._max_nbytes,
             check_task=check_task,
             on_close=session.close if owns_session else None,
         )

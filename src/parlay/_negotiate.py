@@ -17,8 +17,8 @@ The rules, highest first:
 6. One worker (effective ``n_jobs == 1``) runs inline, unless the backend is a cluster.
 7. Inside a task (nesting), ``n_jobs`` counts the cores the task was given (its budget),
    and a backend inherited from outside the task is replaced by threads (or inline for
-   a budget of 1), so a task never waits on the pool that runs it. Cluster backends are
-   kept: their nested calls go back to the cluster.
+   a budget of 1), so a task never waits on the pool that runs it. Reentrant backends
+   (Dask, whose tasks can leave their worker slot while they wait) are kept.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class Decision:
         Cores available to the call (the machine's, or the budget of the task it runs in).
     nesting_level : int
         0 at top level, 1 inside a task, ...
+    requested_n_jobs : int
+        n_jobs as asked (``-1``...), before counting cores: a cluster counts its own.
     """
 
     backend: str
@@ -97,6 +99,7 @@ class Decision:
     inner_budget: int = 1
     cores: int = 1
     nesting_level: int = 0
+    requested_n_jobs: int = 1
 
     def __str__(self) -> str:
         plural = "worker" if self.n_jobs == 1 else "workers"
@@ -144,7 +147,7 @@ def decide(
         f"each task may use {inner} core{'s' if inner != 1 else ''} for its own "
         "parallel work (nested calls)"
     )
-    return Decision(backend, workers, rule, tuple(reasons), inner, cores, nesting.level)
+    return Decision(backend, workers, rule, tuple(reasons), inner, cores, nesting.level, n_jobs)
 
 
 def _one_worker(
@@ -190,10 +193,10 @@ def _pick_backend(
     """Rules 1 to 5 and 7 of the module docstring; returns (backend, rule)."""
     context_backend = context.backend
     if context_backend is not None and nesting.level > context.backend_level:
-        if capabilities(context_backend).distributed:
+        if capabilities(context_backend).reentrant:
             reasons.append(
                 f"{context_backend!r} from {context.backend_from} outside the task "
-                "is a cluster: nested calls go back to it"
+                "takes nested calls back without holding the task's worker"
             )
         else:
             reasons.append(

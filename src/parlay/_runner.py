@@ -43,6 +43,7 @@ from typing import Any
 from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
 from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
+from ._sharing import CallShares
 from ._worker import Batch, BatchResult, WorkerContext, batch_of, describe_task
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Call:
         pre_dispatch: int | None,
         timeout: float | None,
         return_exceptions: bool,
+        max_nbytes: int | None,
         check_task: Callable[[Any, int], tuple[Any, ...]],
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -103,6 +105,8 @@ class Call:
         self._seq = itertools.count()
         self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._cancel = threading.Event()
+        self._shares = None if max_nbytes is None else CallShares(max_nbytes)
+        self._blocking = session.blocking()
         self._n_tasks = 0
         self._t0 = time.perf_counter()
         self._closed = False
@@ -111,6 +115,7 @@ class Call:
 
     def start(self) -> None:
         """Send the first batches (up to pre_dispatch); later ones go as results return."""
+        self._blocking.__enter__()
         try:
             self._fill()
         except BaseException:
@@ -131,7 +136,12 @@ class Call:
             if not chunk:
                 break
             batch = batch_of(
-                self._next_index, chunk, self._context, not self._return_exceptions, self._cancel
+                self._next_index,
+                chunk,
+                self._context,
+                not self._return_exceptions,
+                self._cancel,
+                self._shares,
             )
             self._next_index += len(chunk)
             if self._remaining is not None:
@@ -265,6 +275,9 @@ class Call:
         if self._closed:
             return
         self._closed = True
+        if self._shares is not None:
+            self._shares.clear()
+        self._blocking.__exit__(None, None, None)
         logger.debug(
             "%d tasks in %.3f s on %s",
             self._n_tasks,

@@ -24,6 +24,7 @@ from typing import Any, Final, cast
 
 from . import _budget, _config
 from ._exceptions import RemoteTraceback, SerializationError
+from ._sharing import CallShares, dumps_sharing, loads_shared, needs_sharing_pass
 
 __all__ = ["Batch", "BatchResult", "WorkerContext", "pack", "run_batch", "run_packed", "unpack"]
 
@@ -56,7 +57,8 @@ class Batch:
 
     ``func`` is the function shared by every task, or a list with one per task.
     ``cancel`` is the call's cancellation flag; it only works where the worker shares
-    memory with the caller (threads, inline) and is dropped by :func:`pack`.
+    memory with the caller (threads, inline) and is dropped by :func:`pack`. ``shares``
+    holds the call's large arguments already put into the engine (see ``_sharing``).
     """
 
     start: int
@@ -66,6 +68,7 @@ class Batch:
     context: WorkerContext
     stop_on_error: bool = True
     cancel: threading.Event | None = None
+    shares: CallShares | None = None
 
     def __len__(self) -> int:
         return len(self.args)
@@ -87,10 +90,19 @@ class Batch:
         """Pickle the batch for a worker in another process (see :meth:`run_packed`)."""
         return pack(self)
 
+    def pack_sharing(self, put: Callable[[object], Any]) -> tuple[bytes, list[Any]]:
+        """Pickle the batch, leaving out large arrays, which ``put`` sends to the engine.
+
+        Returns the payload and the handles ``put`` gave, which the engine must hand to
+        :meth:`run_packed` as values, in order, after the payload. Each array is put once
+        per call, however many tasks and batches use it.
+        """
+        return pack_sharing(self, put)
+
     @staticmethod
-    def run_packed(payload: bytes) -> bytes:
+    def run_packed(payload: bytes, *shared: Any) -> bytes:
         """In a worker process: unpickle a packed batch, run it, pickle its result."""
-        return run_packed(payload)
+        return run_packed(payload, *shared)
 
     def unpack(self, data: bytes) -> BatchResult:
         """In the caller: unpickle what :meth:`run_packed` returned for this batch."""
@@ -172,14 +184,28 @@ def describe_task(func: Callable[..., Any], index: int) -> str:
     return f"task {index} ({module}.{name})" if module else f"task {index} ({name})"
 
 
-def pack(batch: Batch) -> bytes:
-    """Pickle `batch` for a worker in another process, naming the task that fails to pickle."""
+def _sendable(batch: Batch) -> Batch:
     # Carried config layers drop backend parameters: they may hold live objects (a
     # client, a connection) that belong to the caller's process.
     layers = tuple(replace(layer, backend_params={}) for layer in batch.context.layers)
-    sendable = replace(batch, cancel=None, context=replace(batch.context, layers=layers))
+    return replace(batch, cancel=None, shares=None, context=replace(batch.context, layers=layers))
+
+
+def pack(batch: Batch) -> bytes:
+    """Pickle `batch` for a worker in another process, naming the task that fails to pickle."""
     try:
-        return _dumps(sendable)
+        return _dumps(_sendable(batch))
+    except Exception as exc:
+        raise _first_unpicklable(batch, exc) from exc
+
+
+def pack_sharing(batch: Batch, put: Callable[[object], Any]) -> tuple[bytes, list[Any]]:
+    """:func:`pack`, with the call's large arrays sent apart by `put` (see ``_sharing``)."""
+    shares = batch.shares
+    if shares is None or not needs_sharing_pass(batch.args, batch.kwargs):
+        return pack(batch), []
+    try:
+        return dumps_sharing(_sendable(batch), shares, put)
     except Exception as exc:
         raise _first_unpicklable(batch, exc) from exc
 
@@ -200,10 +226,13 @@ def _first_unpicklable(batch: Batch, exc: BaseException) -> SerializationError:
     return SerializationError(f"a batch of tasks could not be pickled: {exc}")
 
 
-def run_packed(payload: bytes) -> bytes:
-    """Worker-process entry point: unpickle a batch, run it, pickle its result."""
+def run_packed(payload: bytes, *shared: Any) -> bytes:
+    """Worker-process entry point: unpickle a batch, run it, pickle its result.
+
+    `shared` are the values of the large arguments left out of the payload, in order.
+    """
     try:
-        batch: Batch = _loads(payload)
+        batch: Batch = loads_shared(payload, shared) if shared else _loads(payload)
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
         failure = SerializationError(
@@ -266,6 +295,7 @@ def batch_of(
     context: WorkerContext,
     stop_on_error: bool,
     cancel: threading.Event | None,
+    shares: CallShares | None = None,
 ) -> Batch:
     """Build a batch from ``(func, args, kwargs)`` triples, storing a shared function once."""
     first = tasks[0][0]
@@ -281,4 +311,5 @@ def batch_of(
         context,
         stop_on_error,
         cancel,
+        shares,
     )

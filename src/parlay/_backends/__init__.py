@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._exceptions import BackendUnavailableError
@@ -40,6 +41,8 @@ _BUILTIN: Final[dict[str, str]] = {
     "sequential": "parlay._backends.sequential:SequentialBackend",
     "threads": "parlay._backends.threads:ThreadsBackend",
     "processes": "parlay._backends.processes:ProcessesBackend",
+    "dask": "parlay._backends.dask:DaskBackend",
+    "ray": "parlay._backends.ray:RayBackend",
 }
 _ALIASES: Final[dict[str, str]] = {
     "threading": "threads",
@@ -151,6 +154,14 @@ def register_backend(name: str, backend: type[Backend] | str) -> None:
 # -- sessions -----------------------------------------------------------------------------
 
 _sessions: dict[tuple[Any, ...], Session] = {}
+_shutdown_hooks: list[Callable[[], None]] = []
+
+
+def on_shutdown(hook: Callable[[], None]) -> None:
+    """Run `hook` in :func:`shutdown`, after the sessions close (engines started by parlay)."""
+    with _lock:
+        if hook not in _shutdown_hooks:
+            _shutdown_hooks.append(hook)
 
 
 def acquire_session(backend: Backend, decision: Decision, *, cached: bool) -> Session:
@@ -162,7 +173,7 @@ def acquire_session(backend: Backend, decision: Decision, *, cached: bool) -> Se
     """
     if not cached:
         return backend.open(decision)
-    key = (backend.name, decision.n_jobs, backend.session_key())
+    key = (backend.name, decision.n_jobs, decision.requested_n_jobs, backend.session_key())
     with _lock:
         session = _sessions.get(key)
         if session is None:
@@ -190,6 +201,11 @@ def shutdown() -> None:
             session.close()
         except Exception:
             logger.exception("closing %s failed", session.describe())
+    for hook in list(_shutdown_hooks):
+        try:
+            hook()
+        except Exception:
+            logger.exception("a shutdown hook of parlay failed")
 
 
 atexit.register(shutdown)

@@ -14,7 +14,8 @@ runs the conformance checks every backend must pass.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from .._negotiate import Decision
     from .._worker import Batch, BatchResult
 
-__all__ = ["Backend", "Capabilities", "Session"]
+__all__ = ["Backend", "BridgedFuture", "Capabilities", "Session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,10 @@ class Capabilities:
         A running task can be stopped (by killing its worker) on timeout or Ctrl-C.
     inline : bool
         Tasks run in the caller's own thread, one after another.
+    reentrant : bool
+        A task may submit work to the same engine and wait for it without holding its
+        worker's slot (Dask's ``secede``): nested calls inherited from outside the task
+        may go back to the engine.
     batch_seconds : float
         The duration automatic batching aims each batch at: long enough that the cost
         of sending a batch is small beside its work, short enough to balance the load.
@@ -53,7 +58,48 @@ class Capabilities:
     distributed: bool = False
     can_kill: bool = False
     inline: bool = False
+    reentrant: bool = False
     batch_seconds: float = 0.02
+
+
+class BridgedFuture(Future[Any]):
+    """A :class:`concurrent.futures.Future` fed by an engine's own future.
+
+    For engines whose futures are not ``concurrent.futures`` ones (Dask), or whose
+    results need converting (unpickling, mapping engine errors): the session makes one
+    per batch, and the engine's done-callback calls :meth:`settle` or
+    :meth:`source_cancelled`. Cancelling it cancels the source through `cancel_source`.
+    """
+
+    def __init__(self, source: object, cancel_source: Callable[[], object]) -> None:
+        super().__init__()
+        self.source = source
+        self._cancel_source = cancel_source
+
+    def cancel(self) -> bool:
+        # Like Future.cancel: False when the work already runs (the source said False).
+        if self.done() or self._cancel_source() is False:
+            return False
+        return super().cancel()
+
+    def source_cancelled(self) -> None:
+        """The engine cancelled the source: cancel this future too."""
+        super().cancel()
+
+    def settle(
+        self,
+        compute: Callable[[], Any],
+        map_error: Callable[[BaseException], BaseException] = lambda exc: exc,
+    ) -> None:
+        """Finish with ``compute()``, or with ``map_error`` of what it raised."""
+        if not self.set_running_or_notify_cancel():
+            return
+        try:
+            value = compute()
+        except BaseException as exc:
+            self.set_exception(map_error(exc))
+        else:
+            self.set_result(value)
 
 
 class Session(abc.ABC):
@@ -96,6 +142,14 @@ class Session(abc.ABC):
     def describe(self) -> str:
         """A short description for explain() and messages, e.g. ``processes (2 workers)``."""
         return f"{type(self).__name__} ({self.n_workers} workers)"
+
+    def blocking(self) -> contextlib.AbstractContextManager[None]:
+        """Entered while a call waits on this session (from its start to its end).
+
+        A reentrant engine leaves its worker slot here when the call runs inside one of
+        its own tasks, and takes it back on exit, so nested calls cannot deadlock.
+        """
+        return contextlib.nullcontext()
 
 
 class Backend(abc.ABC):

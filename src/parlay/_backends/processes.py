@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, final
 
 from .._exceptions import WorkerDiedError
 from .._worker import pack, run_packed, unpack
-from ._base import Backend, Capabilities, Session
+from ._base import Backend, BridgedFuture, Capabilities, Session
 
 if TYPE_CHECKING:
     from .._negotiate import Decision
@@ -30,44 +30,6 @@ logger = logging.getLogger(__name__)
 
 # Idle workers exit after this many seconds and are started again on demand.
 IDLE_WORKER_TIMEOUT = 300
-
-
-class _ChainedFuture(Future[Any]):
-    """A future fed by another one; cancelling it cancels the source."""
-
-    def __init__(self, source: Future[Any]) -> None:
-        super().__init__()
-        self._source = source
-
-    def cancel(self) -> bool:
-        return self._source.cancel() and super().cancel()
-
-
-def chain(
-    source: Future[Any],
-    convert: Callable[[Any], Any],
-    map_error: Callable[[BaseException], BaseException],
-) -> Future[Any]:
-    """A future of ``convert(source.result())``, with ``map_error`` applied to errors."""
-    target = _ChainedFuture(source)
-
-    def _done(done: Future[Any]) -> None:
-        if done.cancelled():
-            Future.cancel(target)
-            return
-        if not target.set_running_or_notify_cancel():
-            return
-        error = done.exception()
-        if error is not None:
-            target.set_exception(map_error(error))
-            return
-        try:
-            target.set_result(convert(done.result()))
-        except BaseException as exc:
-            target.set_exception(exc)
-
-    source.add_done_callback(_done)
-    return target
 
 
 _EXIT_CODES = re.compile(r"exit codes of the workers are (\{[^}]*\})")
@@ -118,11 +80,19 @@ class ProcessesSession(Session):
                 self._discard(executor, kill=True)
                 if attempt == 2:
                     raise
-        return chain(
-            source,
-            lambda data: unpack(data, batch),
-            lambda error: self._map_error(error, batch, executor),
-        )
+        target = BridgedFuture(source, source.cancel)
+
+        def _done(done: Future[bytes]) -> None:
+            if done.cancelled():
+                target.source_cancelled()
+            else:
+                target.settle(
+                    lambda: unpack(done.result(), batch),
+                    lambda error: self._map_error(error, batch, executor),
+                )
+
+        source.add_done_callback(_done)
+        return target
 
     def _map_error(self, error: BaseException, batch: Batch, executor: Any) -> BaseException:
         from loky.process_executor import BrokenProcessPool, ShutdownExecutorError

@@ -1,0 +1,54 @@
+"""The process that hosts parlay's embedded Dask LocalCluster.
+
+``python -m parlay._backends._dask_host --workers N [--threads T] [--dashboard]`` starts a
+``distributed.LocalCluster`` on 127.0.0.1, prints one JSON line with its scheduler
+address, and keeps it running until its standard input closes: when parlay shuts it
+down, or when the process that started it dies, even by SIGKILL. Then it closes the
+cluster and exits, so no worker outlives its user.
+
+Why a process of its own: a LocalCluster's nannies live in the process that creates it.
+There they write into ``os.environ`` each time they start a worker (``OMP_NUM_THREADS``,
+``PYTHONHASHSEED``, ...), run threads, and make worker processes children of the user's
+process. Hosting the cluster apart keeps the user's process as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cluster until standard input closes."""
+    parser = argparse.ArgumentParser(prog="python -m parlay._backends._dask_host")
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dashboard", action="store_true")
+    args = parser.parse_args(argv)
+
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=args.threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0" if args.dashboard else None,
+        scheduler_kwargs={"dashboard": args.dashboard},
+        silence_logs=logging.ERROR,
+    )
+    try:
+        link = cluster.dashboard_link if args.dashboard else None
+        sys.stdout.write(json.dumps({"address": cluster.scheduler_address, "dashboard": link}))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        sys.stdin.read()  # returns at EOF: parlay closed the pipe, or its process died
+    finally:
+        cluster.close(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Dask distributed (``backend="dask"``): batches as tasks of a ``distributed.Client``.
+
+Which cluster, first match wins:
+
+1. ``parallel_config(backend="dask", client=...)``: that client;
+2. ``address=...`` (or ``PARLAY_DASK_ADDRESS``): a client of parlay's to that scheduler;
+3. the current client (``distributed.Client.current()``: the user's default client, or
+   the worker's client inside a Dask task);
+4. an embedded ``LocalCluster`` on 127.0.0.1 that parlay starts once per process (one
+   worker process per core, one thread each, no dashboard unless ``dashboard=True``), in
+   a host process of its own (``_dask_host``, which says why), reuses, and closes in
+   :func:`parlay.shutdown` and at interpreter exit; if the user's process dies, the host
+   sees its pipe close and takes the cluster down.
+
+A dying task makes the scheduler give up with ``KilledWorker`` after its retries, which
+becomes :class:`parlay.WorkerDiedError`. A nested call made from inside a Dask task
+secedes from the worker's thread pool while it waits and rejoins after, so it cannot
+deadlock even on one worker with one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, final
+
+from .._budget import cpu_count
+from .._exceptions import ParlayError, WorkerDiedError
+from .._worker import run_packed, unpack
+from . import on_shutdown
+from ._base import Backend, BridgedFuture, Capabilities, Session
+
+if TYPE_CHECKING:
+    from .._negotiate import Decision
+    from .._worker import Batch, BatchResult
+
+logger = logging.getLogger(__name__)
+
+ADDRESS_ENV = "PARLAY_DASK_ADDRESS"
+CONNECT_TIMEOUT = 5.0
+
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}  # address -> Client that parlay opened
+_embedded: list[EmbeddedCluster] = []  # the cluster parlay started, once started
+HOST_START_TIMEOUT = 60.0
+
+
+class EmbeddedCluster:
+    """A LocalCluster on 127.0.0.1 in a host process of parlay's (see ``_dask_host``)."""
+
+    def __init__(self, workers: int, *, threads: int = 1, dashboard: bool = False) -> None:
+        command = [sys.executable, "-m", "parlay._backends._dask_host", "--workers", str(workers),
+                   "--threads", str(threads)]  # fmt: skip
+        if dashboard:
+            command.append("--dashboard")
+        # A session of its own: Ctrl-C in the user's terminal interrupts the user's call
+        # (which then restarts the busy workers), not the whole cluster.
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            info = self._read_address()
+            self.address: str = info["address"]
+            self.dashboard: str | None = info.get("dashboard")
+            from distributed import Client
+
+            self.client = Client(self.address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except BaseException:
+            self._stop_host()
+            raise
+
+    def _read_address(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], HOST_START_TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            raise ParlayError(
+                f"the embedded Dask cluster did not start within {HOST_START_TIMEOUT:.0f} s "
+                f"(host exit code {self.process.poll()}); see the messages above"
+            )
+        info: dict[str, Any] = json.loads(line)
+        return info
+
+    def _stop_host(self) -> None:
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def close(self) -> None:
+        """Close the client, then the cluster and its host process."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+        self._stop_host()
+
+
+def _embedded_client(dashboard: bool) -> Any:
+    """The LocalCluster parlay starts itself, once per process."""
+    with _lock:
+        if not _embedded:
+            cluster = EmbeddedCluster(cpu_count(), dashboard=dashboard)
+            _embedded.append(cluster)
+            logger.info("started an embedded Dask LocalCluster at %s", cluster.address)
+        return _embedded[0].client
+
+
+def _address_client(address: str) -> Any:
+    with _lock:
+        client = _clients.get(address)
+        if client is None or client.status in ("closing", "closed"):
+            from distributed import Client
+
+            try:
+                client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise ParlayError(
+                    f"could not reach the Dask scheduler at {address!r} within "
+                    f"{CONNECT_TIMEOUT:.0f} s ({type(exc).__name__}: {exc}); check the "
+                    f"address given to parallel_config(address=...) or {ADDRESS_ENV}"
+                ) from exc
+            _clients[address] = client
+        return client
+
+
+def _current_client() -> Any:
+    from distributed import Client, get_client
+
+    try:
+        return get_client() if _in_worker_thread() else Client.current(allow_global=True)
+    except ValueError:
+        return None
+
+
+def _close_all() -> None:
+    """Close the clients and the cluster that parlay itself opened (never the user's)."""
+    with _lock:
+        clients = list(_clients.values())
+        _clients.clear()
+        embedded = list(_embedded)
+        _embedded.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
+    for cluster in embedded:
+        cluster.close()
+
+
+on_shutdown(_close_all)
+
+
+def _in_worker_thread() -> bool:
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+@final
+class DaskSession(Session):
+    """A view on a client: how many batches of one call may run at once."""
+
+    def __init__(self, client: Any, requested_n_jobs: int) -> None:
+        self._client = client
+        self._requested = requested_n_jobs
+
+    @property
+    def n_workers(self) -> int:  # type: ignore[override]
+        # Read on every call: a cluster can grow or shrink between calls.
+        threads = sum(self._client.nthreads().values()) or 1
+        if self._requested < 0:
+            return max(1, threads + 1 + self._requested)
+        return self._requested
+
+    def submit(self, batch: Batch) -> Future[BatchResult]:
+        payload, shared = batch.pack_sharing(self._put)
+        name = getattr(batch.func_of(0), "__name__", "task")
+        key = f"parlay-{name}-{batch.start}-{uuid.uuid4().hex}"
+        source = self._client.submit(run_packed, payload, *shared, key=key, pure=False, retries=0)
+        target = BridgedFuture(source, source.cancel)
+
+        def _done(done: Any) -> None:
+            if done.cancelled():
+                target.source_cancelled()
+            elif done.status == "error":
+                target.settle(lambda: done.result(), lambda error: self._map_error(error, batch))
+            else:
+                target.settle(lambda: unpack(done.result(), batch))
+
+        source.add_done_callback(_done)
+        return target
+
+    def _put(self, value: object) -> Any:
+        # hash=False: no hashing of a large array to name it; the future is unique.
+        return self._client.scatter(value, hash=False)
+
+    def _map_error(self, error: BaseException, batch: Batch) -> BaseException:
+        from distributed import KilledWorker
+
+        if isinstance(error, KilledWorker):
+            mapped = WorkerDiedError(
+                f"the Dask workers running tasks {batch.start}..{batch.start + len(batch) - 1} "
+                f"died (the scheduler gave up: {error})",
+                tasks=tuple(batch.indices),
+            )
+            mapped.__cause__ = error
+            return mapped
+        return error
+
+    def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
+        sources: list[Any] = [f.source for f in futures if isinstance(f, BridgedFuture)]
+        if kill and sources:
+            # A running Dask task cannot be cancelled: restart the workers running ours.
+            keys = {s.key for s in sources}
+            busy = [w for w, ks in self._client.processing().items() if keys & set(ks)]
+            if busy:
+                # In the background: the caller leaves at once; the workers come back on
+                # their own (the nanny starts them again) while the next call queues.
+                logger.debug("restarting Dask workers %s", busy)
+                threading.Thread(
+                    target=self._restart, args=(busy,), name="parlay-dask-restart", daemon=True
+                ).start()
+        for future in futures:
+            future.cancel()
+        if sources:
+            with contextlib.suppress(Exception):
+                self._client.cancel(sources, force=True)
+
+    def _restart(self, workers: list[str]) -> None:
+        with contextlib.suppress(Exception):
+            self._client.restart_workers(workers, timeout=30, raise_for_error=False)
+
+    @contextlib.contextmanager
+    def _seceded(self) -> Iterator[None]:
+        from distributed import rejoin, secede
+
+        secede()
+        try:
+            yield
+        finally:
+            rejoin()
+
+    def blocking(self) -> contextlib.AbstractContextManager[None]:
+        if _in_worker_thread():
+            return self._seceded()
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        pass  # the client belongs to the user, or to the module (closed by shutdown())
+
+    def describe(self) -> str:
+        return f"dask ({self._client.scheduler.address}, {self.n_workers} workers)"
+
+
+@final
+class DaskBackend(Backend):
+    """Dask distributed: a cluster engine, from a laptop's LocalCluster to a real cluster."""
+
+    name = "dask"
+    capabilities = Capabilities(
+        shared_memory=False,
+        separate_processes=True,
+        distributed=True,
+        can_kill=True,
+        reentrant=True,
+        batch_seconds=0.1,
+    )
+    requires = ("distributed",)
+    extra = "dask"
+
+    def __init__(
+        self, *, address: str | None = None, client: Any = None, dashboard: bool = False
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a scheduler address string, got {address!r}")
+        if not isinstance(dashboard, bool):
+            raise TypeError(f"dashboard must be a bool, got {dashboard!r}")
+        self._address = address or os.environ.get(ADDRESS_ENV, "").strip() or None
+        self._explicit_address = address is not None
+        self._client = client
+        self._dashboard = dashboard
+
+    def _resolve_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        if self._explicit_address and self._address:
+            return _address_client(self._address)
+        current = _current_client()
+        if current is not None:
+            return current
+        if self._address:
+            return _address_client(self._address)
+        return _embedded_client(self._dashboard)
+
+    def session_key(self) -> tuple[Any, ...]:
+        if self._client is not None:
+            return ("client", id(self._client))
+        if self._explicit_address:
+            return ("address", self._address)
+        current = _current_client()
+        if current is not None:
+            return ("current", id(current))
+        return ("address", self._address) if self._address else ("embedded",)
+
+    def open(self, decision: Decision) -> Session:
+        return DaskSession(self._resolve_client(), decision.requested_n_jobs)

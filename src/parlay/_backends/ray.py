@@ -1,0 +1,217 @@
+"""Ray (``backend="ray"``): batches as plain remote functions, no actor pool per call.
+
+Which Ray, first match wins: a Ray already initialized in this process (used as it is);
+``address=...`` (or ``PARLAY_RAY_ADDRESS``) of a cluster to connect to; else a local Ray
+that parlay starts once per process with one CPU per core, no dashboard, its temporary
+files in a ``parlay-ray-*`` folder that parlay removes at shutdown, and Ray's start-up
+messages below ERROR. Whatever parlay started, :func:`parlay.shutdown` stops.
+
+Security note: a local Ray node listens beyond the loopback interface (Ray binds its
+services to the node's address) and protects itself with token authentication, whose
+token Ray writes under ``~/.ray``. parlay asks Ray to use 127.0.0.1 as the node address.
+
+A task's worker that dies gives ``WorkerCrashedError`` at once (``max_retries=0``), which
+becomes :class:`parlay.WorkerDiedError`; ``ray.cancel(force=True)`` kills a running task,
+so timeouts and Ctrl-C stop the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, final
+
+from .._budget import cpu_count
+from .._exceptions import ParlayError, WorkerDiedError
+from .._worker import run_packed, unpack
+from . import on_shutdown
+from ._base import Backend, BridgedFuture, Capabilities, Session
+
+if TYPE_CHECKING:
+    from .._negotiate import Decision
+    from .._worker import Batch, BatchResult
+
+logger = logging.getLogger(__name__)
+
+ADDRESS_ENV = "PARLAY_RAY_ADDRESS"
+
+_lock = threading.Lock()
+_started: list[str] = []  # the temp folder of the Ray that parlay started, if any
+
+
+@contextlib.contextmanager
+def _quiet_start() -> Iterator[None]:
+    """Keep Ray's usage-stats notice off the terminal, without leaving the variable set."""
+    name = "RAY_USAGE_STATS_ENABLED"
+    old = os.environ.get(name)
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _ensure_ray(address: str | None) -> None:
+    import ray
+
+    with _lock:
+        if ray.is_initialized():
+            return
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": True,
+        }
+        if address:
+            try:
+                with _quiet_start():
+                    ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ParlayError(
+                    f"could not connect to the Ray cluster at {address!r} "
+                    f"({type(exc).__name__}: {exc}); check the address given to "
+                    f"parallel_config(address=...) or {ADDRESS_ENV}"
+                ) from exc
+            _started.append("")
+            return
+        folder = tempfile.mkdtemp(prefix="parlay-ray-")
+        with _quiet_start():
+            ray.init(
+                num_cpus=cpu_count(),
+                _temp_dir=folder,
+                _node_ip_address="127.0.0.1",
+                **options,
+            )
+        _started.append(folder)
+        logger.info("started a local Ray with %d CPUs (temp files in %s)", cpu_count(), folder)
+
+
+def _stop_ray() -> None:
+    """Stop the Ray that parlay started (never one the user initialized)."""
+    with _lock:
+        if not _started:
+            return
+        folder = _started.pop()
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+on_shutdown(_stop_ray)
+
+
+@functools.cache
+def _remote_run() -> Any:
+    import ray
+
+    # Plain remote function, made once: no actor pool to build per call. max_retries=0:
+    # a task that kills its worker is reported, not run again.
+    return ray.remote(max_retries=0, num_cpus=1)(run_packed)
+
+
+_DEATHS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError")
+
+
+@final
+class RaySession(Session):
+    """Batches as tasks of the remote function; the cluster's CPUs bound n_jobs=-1."""
+
+    def __init__(self, requested_n_jobs: int) -> None:
+        self._requested = requested_n_jobs
+
+    @property
+    def n_workers(self) -> int:  # type: ignore[override]
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
+        if self._requested < 0:
+            return max(1, cpus + 1 + self._requested)
+        return self._requested
+
+    def submit(self, batch: Batch) -> Future[BatchResult]:
+        import ray
+
+        payload, shared = batch.pack_sharing(ray.put)
+        ref = _remote_run().remote(payload, *shared)
+        source = ref.future()
+        target = BridgedFuture(ref, lambda: ray.cancel(ref))
+
+        def _done(done: Future[bytes]) -> None:
+            if done.cancelled():
+                target.source_cancelled()
+            else:
+                target.settle(
+                    lambda: unpack(done.result(), batch),
+                    lambda error: self._map_error(error, batch),
+                )
+
+        source.add_done_callback(_done)
+        return target
+
+    def _map_error(self, error: BaseException, batch: Batch) -> BaseException:
+        if type(error).__name__ in _DEATHS:
+            first, last = batch.start, batch.start + len(batch) - 1
+            mapped = WorkerDiedError(
+                f"the Ray worker running tasks {first}..{last} died "
+                f"({type(error).__name__}: {str(error).splitlines()[0]})",
+                tasks=tuple(batch.indices),
+            )
+            mapped.__cause__ = error
+            return mapped
+        return error
+
+    def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
+        import ray
+
+        for future in futures:
+            if isinstance(future, BridgedFuture) and not future.done():
+                with contextlib.suppress(Exception):
+                    ray.cancel(future.source, force=kill)
+            future.cancel()
+
+    def close(self) -> None:
+        pass  # Ray belongs to the user, or to the module (stopped by shutdown())
+
+    def describe(self) -> str:
+        return f"ray ({self.n_workers} workers)"
+
+
+@final
+class RayBackend(Backend):
+    """Ray: a cluster engine, local or remote."""
+
+    name = "ray"
+    capabilities = Capabilities(
+        shared_memory=False,
+        separate_processes=True,
+        distributed=True,
+        can_kill=True,
+        batch_seconds=0.1,
+    )
+    requires = ("ray",)
+    extra = "ray"
+
+    def __init__(self, *, address: str | None = None) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a Ray address string, got {address!r}")
+        self._address = address or os.environ.get(ADDRESS_ENV, "").strip() or None
+
+    def session_key(self) -> tuple[Any, ...]:
+        return (self._address,)
+
+    def open(self, decision: Decision) -> Session:
+        _ensure_ray(self._address)
+        return RaySession(decision.requested_n_jobs)
