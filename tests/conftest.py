@@ -21,6 +21,8 @@ BACKENDS = ["sequential", "threads", "processes", "dask", "ray"]
 
 # Process-wide helpers that engines start once and keep for the life of the interpreter.
 _SINGLETON_CHILDREN = ("resource_tracker",)
+# Threads that engines start once per interpreter and keep (distributed's callback pool).
+_SINGLETON_THREADS = ("Dask-Callback-Thread", "Dask-Offload")
 _SHM_PREFIXES = ("parlay", "loky", "joblib", "psm_")
 # Processes and threads of the engines the test session starts once (a Dask LocalCluster,
 # a local Ray): they outlive single tests on purpose, so the leak check skips them and
@@ -36,6 +38,14 @@ def _own(pids_before: set[int], threads_before: set[threading.Thread]) -> None:
 
 
 _ENGINE_THREADS: set[threading.Thread] = set()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Pickle the test modules' functions by value: cluster workers cannot import them."""
+    import cloudpickle
+
+    for module in {item.module for item in session.items if isinstance(item, pytest.Function)}:
+        cloudpickle.register_pickle_by_value(module)
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +177,9 @@ def no_leaks() -> Iterator[None]:
     leaked_threads = [
         t.name
         for t in set(threading.enumerate()) - threads_before
-        if t.is_alive() and not (_engines_started and t.name.startswith(_ENGINE_THREAD_PREFIXES))
+        if t.is_alive()
+        and not t.name.startswith(_SINGLETON_THREADS)
+        and not (_engines_started and t.name.startswith(_ENGINE_THREAD_PREFIXES))
     ]
     leaked_shm = _shm() - shm_before
     env_changed = sorted(

@@ -1,0 +1,207 @@
+"""Cluster engines: which cluster parlay uses, and what it starts and stops itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+import parlay
+from parlay import Parallel, delayed, parallel_config
+from parlay._sharing import CallShares
+from parlay._worker import WorkerContext, batch_of
+from parlay.testing import nested_sum, square
+
+distributed = pytest.importorskip("distributed")
+
+
+def slice_sum(array: np.ndarray, start: int, stop: int) -> float:
+    return float(array[start:stop].sum())
+
+
+def worker_address(_: int) -> str:
+    return str(distributed.get_worker().address)
+
+
+# -- Dask: which cluster ------------------------------------------------------------------
+
+
+def test_embedded_cluster_is_started_once_on_loopback_and_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PARLAY_DASK_ADDRESS", raising=False)
+    from parlay._backends import dask as dask_backend
+
+    with parallel_config(backend="dask"):
+        out = Parallel(n_jobs=-1)(delayed(worker_address)(i) for i in range(8))
+        first = dask_backend._embedded[0]
+        again = Parallel(n_jobs=-1)(delayed(square)(i) for i in range(4))
+    assert again == [0, 1, 4, 9]
+    assert dask_backend._embedded == [first], "the second call started another cluster"
+    assert first.address.startswith("tcp://127.0.0.1:")
+    assert all(address.startswith("tcp://127.0.0.1:") for address in out)
+    host = psutil.Process(first.process.pid)
+    tree = [host, *host.children(recursive=True)]
+    assert len(tree) >= 3, "a host process and one worker process per core"
+    parlay.shutdown()
+    _gone, alive = psutil.wait_procs(tree, timeout=20)
+    assert not alive, f"cluster processes outlived parlay.shutdown(): {alive}"
+    assert dask_backend._embedded == []
+
+
+def test_address_from_parallel_config(dask_cluster: str) -> None:
+    with parallel_config(backend="dask", address=dask_cluster):
+        out = Parallel(n_jobs=-1)(delayed(worker_address)(i) for i in range(6))
+    assert len(set(out)) >= 1
+    client = distributed.Client(dask_cluster, set_as_default=False)
+    try:
+        assert set(out) <= set(client.nthreads())
+    finally:
+        client.close()
+
+
+def test_unreachable_address_fails_fast_and_names_it() -> None:
+    t0 = time.monotonic()
+    with (
+        pytest.raises(parlay.ParlayError, match=r"tcp://127\.0\.0\.1:9"),
+        parallel_config(backend="dask", address="tcp://127.0.0.1:9"),
+    ):
+        Parallel(n_jobs=-1)(delayed(square)(i) for i in range(3))
+    assert time.monotonic() - t0 < 15
+
+
+def test_the_users_current_client_is_used(dask_cluster: str) -> None:
+    from parlay._backends import dask as dask_backend
+
+    with distributed.Client(dask_cluster) as client:  # the user's default client
+        out = Parallel(n_jobs=-1, backend="dask")(delayed(worker_address)(i) for i in range(4))
+        assert set(out) <= set(client.nthreads())
+        assert dask_backend._clients == {}, "parlay opened a client of its own"
+
+
+def test_an_explicit_client(dask_cluster: str) -> None:
+    client = distributed.Client(dask_cluster, set_as_default=False)
+    try:
+        with parallel_config(backend="dask", client=client):
+            assert Parallel(n_jobs=-1)(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+    finally:
+        client.close()
+
+
+def test_n_jobs_counts_the_clusters_threads(dask_cluster: str) -> None:
+    from parlay._backends import acquire_session, backend_class
+
+    decision = Parallel(n_jobs=-1, backend="dask").explain()
+    session = acquire_session(backend_class("dask")(), decision, cached=True)
+    assert session.n_workers == 2  # the session cluster: 2 workers x 1 thread
+    decision = Parallel(n_jobs=1, backend="dask").explain()
+    assert decision.backend == "dask", "one worker still runs on the cluster"
+
+
+def test_bad_backend_parameters() -> None:
+    with pytest.raises(TypeError, match="address"):
+        Parallel(n_jobs=2, backend=parlay._backends.backend_class("dask")(address=3))
+    with (
+        pytest.raises(TypeError, match=r"unexpected keyword|takes"),
+        parallel_config(backend="dask", adress="tcp://127.0.0.1:1"),
+    ):
+        Parallel(n_jobs=2).explain()
+
+
+@pytest.mark.timeout(60)
+def test_nested_calls_go_back_to_the_cluster_without_deadlock(dask_cluster: str) -> None:
+    # Two workers with one thread each run the two outer tasks; each nested call submits
+    # to the same cluster and waits: it must leave its worker slot while it waits.
+    with parallel_config(backend="dask"):
+        decision = Parallel(n_jobs=-1).explain()
+        out = Parallel(n_jobs=-1, batch_size=1)(delayed(nested_sum)(x, -1) for x in (5, 6))
+    assert decision.backend == "dask"
+    assert [total for total, _, _ in out] == [30, 55]
+    assert [backend for _, backend, _ in out] == ["dask", "dask"]
+
+
+# -- large arguments ------------------------------------------------------------------------
+
+
+def test_a_large_array_is_put_once_per_call_whatever_the_tasks() -> None:
+    array = np.arange(400_000, dtype=float)  # 3.2 MB, over the 1 MiB default
+    small = np.arange(10, dtype=float)
+    puts: list[int] = []
+    shares = CallShares(max_nbytes=1 << 20)
+    context = WorkerContext(parlay._budget.current_nesting())
+
+    def put(value: object) -> int:
+        puts.append(id(value))
+        return len(puts)
+
+    sizes = []
+    for start in range(0, 40, 10):
+        tasks = [(slice_sum, (array, i, i + 1), {}) for i in range(start, start + 10)]
+        tasks.append((slice_sum, (small, 0, 1), {"extra": [array]}))
+        batch = batch_of(start, tasks, context, True, None, shares)
+        payload, handles = batch.pack_sharing(put)
+        sizes.append(len(payload))
+        assert handles == [1]
+    assert puts == [id(array)], "the array went to the engine more than once"
+    assert max(sizes) < 20_000, "the array was pickled into a payload"
+
+
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+def test_large_arguments_reach_every_task(engine: str, request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue("dask_cluster" if engine == "dask" else "ray_runtime")
+    array = np.random.default_rng(0).random(1_000_000)
+    bounds = [(i * 50_000, (i + 1) * 50_000) for i in range(20)]
+    out = Parallel(n_jobs=-1, backend=engine)(delayed(slice_sum)(array, a, b) for a, b in bounds)
+    assert out == pytest.approx([array[a:b].sum() for a, b in bounds])
+    # Changed in place between calls: the next call sees the new values.
+    array[:] = 1.0
+    out = Parallel(n_jobs=-1, backend=engine)(delayed(slice_sum)(array, a, b) for a, b in bounds)
+    assert out == [50_000.0] * 20
+
+
+# -- Ray: what parlay starts ---------------------------------------------------------------
+
+RAY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import parlay
+    from parlay import Parallel, delayed
+    from parlay._backends import ray as ray_backend
+
+    out = Parallel(n_jobs=-1, backend="ray")(delayed(abs)(-i) for i in range(10))
+    folder = ray_backend._started[0]
+    print(json.dumps({"out": out, "folder": folder}), flush=True)
+    parlay.shutdown()
+    print("closed", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_local_ray_started_by_parlay_is_stopped_and_its_files_removed(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import json
+
+    script = tmp_path / "run.py"
+    script.write_text(RAY_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    info = json.loads(line)
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert info["out"] == list(range(10))
+    assert "closed" in out
+    assert Path(info["folder"]).name.startswith("parlay-ray-")
+    assert not Path(info["folder"]).exists(), "Ray's temp files were left behind"
+    _gone, alive = psutil.wait_procs(descendants, timeout=20)
+    assert not alive, f"Ray processes outlived the script: {alive}"
