@@ -32,6 +32,11 @@ def nested(seed: int) -> int:
     return sum(Parallel(n_jobs=-1)(delayed(python_work)(200_000 + i) for i in range(4)))
 
 
+def slice_sum(array: np.ndarray, start: int, stop: int) -> float:
+    """Sum one slice of a large array that every task receives whole."""
+    return float(array[start:stop].sum())
+
+
 def failing(i: int) -> int:
     if i == 7:
         raise ValueError(f"bad input {i}")
@@ -78,7 +83,27 @@ def main() -> None:
         lambda: Parallel(n_jobs=-1)(delayed(nested)(s) for s in range(8)),
     )
 
-    print("\n3. Errors you can act on")
+    print("\n3. The same calls on a Dask cluster parlay starts itself (127.0.0.1)")
+    with parallel_config(backend="dask"):
+        print(Parallel(n_jobs=-1, prefer="threads").explain(), end="\n\n")
+        timed("cluster start-up (first call)", lambda: Parallel(n_jobs=-1)([delayed(abs)(1)]))
+        timed(
+            "GIL-bound work, dask",
+            lambda: Parallel(n_jobs=-1)(delayed(python_work)(n) for n in sizes),
+        )
+        array = np.random.default_rng(0).random(20_000_000)  # 160 MB, sent once per call
+        timed(
+            "160 MB array to 32 tasks, dask",
+            lambda: Parallel(n_jobs=-1)(
+                delayed(slice_sum)(array, i * 625_000, (i + 1) * 625_000) for i in range(32)
+            ),
+        )
+        timed(
+            "nested calls inside tasks, dask (secede)",
+            lambda: Parallel(n_jobs=-1)(delayed(nested)(s) for s in range(8)),
+        )
+
+    print("\n4. Errors you can act on")
     try:
         Parallel(n_jobs=-1)(delayed(failing)(i) for i in range(20))
     except ValueError as exc:
