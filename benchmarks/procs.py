@@ -1,10 +1,11 @@
 """Process-tree helpers and the memory sampler (psutil).
 
-* :func:`kill_tree` and :func:`kill_marked` make sure no worker outlives its
-  cell, whether the cell finished, hung, or crashed.
+* :func:`kill_tree`, :func:`kill_marked` and :func:`kill_session` make sure
+  no worker outlives its cell, whether the cell finished, hung, or crashed.
 * :class:`MemorySampler` runs a daemon thread that samples, every few
-  milliseconds, the summed RSS of this process and all its descendants and
-  the machine-wide used memory (``total - available``), and keeps the peaks.
+  milliseconds, the summed RSS of this process, all its descendants and the
+  rest of its session, and the machine-wide used memory (``total -
+  available``), and keeps the peaks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import psutil
 
@@ -23,6 +26,8 @@ TOKEN_VAR = "PARLAY_BENCH_CELL_TOKEN"
 MB = 1024 * 1024
 #: Shortest measured window over which other processes' CPU use is estimated.
 MIN_CPU_WINDOW_S = 0.5
+#: How often the memory sampler looks for the cell's session members.
+SESSION_REFRESH_S = 0.5
 
 
 def descendants(pid: int | None = None) -> list[psutil.Process]:
@@ -34,36 +39,66 @@ def descendants(pid: int | None = None) -> list[psutil.Process]:
     return found
 
 
-def tree_rss(root: psutil.Process) -> int:
-    """Summed RSS in bytes of ``root`` and all its descendants."""
+def own_session() -> int | None:
+    """This process's session id if it leads its session (as every cell does), else None.
+
+    A cell started from a shell shares the shell's session: then the session
+    says nothing about which processes are the cell's, and None is returned.
+    """
+    sid = os.getsid(0)
+    return sid if sid == os.getpid() else None
+
+
+def session_members(sid: int) -> list[psutil.Process]:
+    """Every process in session ``sid`` except this one.
+
+    A cell leads a session of its own, and whatever it starts stays in that
+    session unless it calls ``setsid`` (parlay's Dask host does; it and its
+    workers are still descendants). This catches a process that was
+    re-parented to init, like a daemon left by its dead parent, and those of
+    Ray's processes that do not inherit the cell's environment.
+    """
+    me = os.getpid()
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except OSError:
+            continue
+    return found
+
+
+def tree(root: psutil.Process, extra: Sequence[psutil.Process] = ()) -> list[psutil.Process]:
+    """``root``, its living descendants, and the processes of ``extra`` not among them."""
     procs = [root]
     try:
         procs += root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0
+        return []
+    seen = {proc.pid for proc in procs}
+    return procs + [proc for proc in extra if proc.pid not in seen]
+
+
+def usage(procs: Sequence[psutil.Process], cpu: dict[psutil.Process, float]) -> int:
+    """Summed RSS in bytes of ``procs``; records each one's CPU seconds in ``cpu``.
+
+    The CPU time of a process includes its reaped children's. Kept per
+    process, so a process that dies later still counts with its last value
+    (Ray's raylet ignores SIGCHLD: its dead workers' CPU time is lost to
+    ``children_user``).
+    """
     total = 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            with proc.oneshot():
+                total += proc.memory_info().rss
+                t = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return total
-
-
-def tree_cpu(root: psutil.Process) -> float:
-    """CPU seconds used so far by ``root``, its descendants and their reaped children."""
-    procs = [root]
-    try:
-        procs += root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
+        cpu[proc] = t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -125,6 +160,11 @@ def kill_marked(token: str, *, wait: float = 3.0) -> int:
     return kill_all(found, wait)
 
 
+def kill_session(sid: int, *, wait: float = 3.0) -> int:
+    """Kill every process left in session ``sid`` (a cell's, after it ended)."""
+    return kill_all(session_members(sid), wait)
+
+
 class MemorySampler:
     """Sample tree RSS and machine memory in a background thread.
 
@@ -133,11 +173,19 @@ class MemorySampler:
     With ``interval <= 0`` no thread runs and only the entry and exit values
     count. It also estimates how much CPU other processes on the machine
     used meanwhile (``foreign_cpu_share``), which flags disturbed cells.
+
+    The tree is this process and its descendants, found anew at every
+    sample, plus (in a cell that leads its session) the other processes of
+    the session, looked up every :data:`SESSION_REFRESH_S` seconds: so the
+    daemons of a cluster engine count even if they are not descendants.
     """
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
         self._root = psutil.Process(os.getpid())
+        self._sid = own_session()
+        self._session: list[psutil.Process] = []
+        self._session_at = -float("inf")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.samples = 0
@@ -145,13 +193,31 @@ class MemorySampler:
         self.tree_peak = 0
         self.machine_baseline = 0
         self.machine_peak = 0
-        self._cpu_start = (0.0, 0.0, 0.0)
+        self.processes_max = 0
+        self.names: dict[int, str] = {}
+        self._cpu_start = (0.0, 0.0)
+        self._cpu0: dict[psutil.Process, float] = {}
+        self._cpu: dict[psutil.Process, float] = {}
         self.foreign_cpu_share: float | None = None
 
+    def _procs(self) -> list[psutil.Process]:
+        now = time.monotonic()
+        if self._sid is not None and now - self._session_at >= SESSION_REFRESH_S:
+            self._session, self._session_at = session_members(self._sid), now
+        procs = tree(self._root, self._session)
+        for proc in procs:
+            if proc.pid not in self.names:
+                try:
+                    self.names[proc.pid] = proc.name()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    self.names[proc.pid] = "?"
+        self.processes_max = max(self.processes_max, len(procs))
+        return procs
+
     def _sample(self) -> None:
-        tree = tree_rss(self._root)
+        tree_now = usage(self._procs(), self._cpu)
         used = machine_used()
-        self.tree_peak = max(self.tree_peak, tree)
+        self.tree_peak = max(self.tree_peak, tree_now)
         self.machine_peak = max(self.machine_peak, used)
         self.samples += 1
 
@@ -161,9 +227,10 @@ class MemorySampler:
 
     def start(self) -> MemorySampler:
         """Take the baseline and start sampling."""
-        self.tree_baseline = self.tree_peak = tree_rss(self._root)
+        self.tree_baseline = self.tree_peak = usage(self._procs(), self._cpu0)
+        self._cpu = dict(self._cpu0)
         self.machine_baseline = self.machine_peak = machine_used()
-        self._cpu_start = (time.monotonic(), machine_busy(), tree_cpu(self._root))
+        self._cpu_start = (time.monotonic(), machine_busy())
         self._stop.clear()
         if self.interval > 0:
             self._thread = threading.Thread(target=self._loop, name="mem-sampler", daemon=True)
@@ -177,9 +244,10 @@ class MemorySampler:
             self._thread.join()
             self._thread = None
         self._sample()
-        wall0, busy0, ours0 = self._cpu_start
+        wall0, busy0 = self._cpu_start
         wall = time.monotonic() - wall0
-        foreign = (machine_busy() - busy0) - (tree_cpu(self._root) - ours0)
+        ours = sum(v - self._cpu0.get(p, 0.0) for p, v in self._cpu.items())
+        foreign = (machine_busy() - busy0) - ours
         capacity = wall * (psutil.cpu_count() or 1)
         # CPU times come in 10 ms clock ticks: too coarse for a short window.
         self.foreign_cpu_share = max(0.0, foreign / capacity) if wall >= MIN_CPU_WINDOW_S else None
@@ -195,8 +263,8 @@ class MemorySampler:
     ) -> None:
         self.stop()
 
-    def report(self) -> dict[str, float | int | None]:
-        """Peaks and baselines in MB, plus the number of samples taken."""
+    def report(self) -> dict[str, Any]:
+        """Peaks and baselines in MB, the number of samples, the processes seen."""
         return {
             "tree_rss_baseline_mb": round(self.tree_baseline / MB, 1),
             "tree_rss_peak_mb": round(self.tree_peak / MB, 1),
@@ -206,6 +274,8 @@ class MemorySampler:
                 (self.machine_peak - self.machine_baseline) / MB, 1
             ),
             "samples": self.samples,
+            "processes_max": self.processes_max,
+            "process_names": sorted(set(self.names.values())),
             "foreign_cpu_share": (
                 None if self.foreign_cpu_share is None else round(self.foreign_cpu_share, 3)
             ),

@@ -10,8 +10,12 @@ session (process group), with its output in temporary files. A cell that
 outlives ``--timeout`` is killed with its whole process tree and reported
 as a timeout; a cell that dies without printing its JSON line is reported
 as a crash. After every cell, any process left in its group or carrying its
-token in the environment is killed. The tables go to stdout, progress to
-stderr, and all records (with the run's metadata) to ``--out`` as JSON.
+token in the environment or still in its session is killed. The tables go
+to stdout (and to ``--markdown``), progress to stderr, and all records (with
+the run's metadata) to ``--out`` as JSON.
+
+``--systems`` takes system names and group names: ``default`` (the default
+run), ``clusters`` (parlay and joblib on Dask and Ray), ``optional``, ``all``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import benchmarks.clusters  # noqa: F401  (registers the cluster systems)
 from benchmarks import report
-from benchmarks.procs import TOKEN_VAR, descendants, kill_all, kill_marked
+from benchmarks.procs import TOKEN_VAR, descendants, kill_all, kill_marked, kill_session
 from benchmarks.scenarios import WORKLOADS, calibrate_sort, calibrate_spin
-from benchmarks.systems import SYSTEMS, all_cores
+from benchmarks.systems import GROUP_NAMES, SYSTEMS, all_cores, group_members
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,12 +71,17 @@ def last_json(stdout: str) -> dict[str, Any] | None:
 
 
 def sweep(pgid: int, token: str) -> int:
-    """Kill whatever is left of a cell: its process group and its token bearers."""
+    """Kill whatever is left of a cell: its process group, its token bearers, its session.
+
+    The cell leads a session and a process group whose ids are its pid. Ray
+    puts each worker in a process group of its own, and some of its agents
+    do not carry the token: the session catches those.
+    """
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    return kill_marked(token)
+    return kill_marked(token) + kill_session(pgid)
 
 
 def kill_cell(proc: subprocess.Popen[bytes]) -> int:
@@ -166,6 +176,14 @@ def names(text: str | None, known: dict[str, Any], what: str, default: list[str]
     return chosen
 
 
+def system_names(text: str | None) -> list[str]:
+    """Parse ``--systems``: names and group names, expanded in order, without repeats."""
+    groups = {g: group_members(g) for g in (*GROUP_NAMES, "all")}
+    chosen = names(text or "default", {**SYSTEMS, **groups}, "system or group", [])
+    expanded = [m for n in chosen for m in groups.get(n, [n])]
+    return list(dict.fromkeys(expanded))
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line arguments of the runner."""
     p = argparse.ArgumentParser(
@@ -174,7 +192,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--workloads", help=f"comma-separated, default all: {','.join(WORKLOADS)}")
-    p.add_argument("--systems", help="comma-separated, default: all but the optional ones (--list)")
+    p.add_argument(
+        "--systems",
+        help="comma-separated systems or groups (default, clusters, optional, all); "
+        "default: the default group (--list)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="measured calls per cell (default 3)")
     p.add_argument(
         "--timeout", type=float, default=120.0, help="seconds before a cell is killed (default 120)"
@@ -193,6 +215,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--ratios", help="ratio columns as a/b pairs, comma-separated")
     p.add_argument("--out", help="write all records as JSON to this file")
+    p.add_argument("--markdown", help="also write the tables to this file")
     p.add_argument("--list", action="store_true", help="list workloads and systems, then exit")
     return p.parse_args(argv)
 
@@ -202,13 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.list:
         print("workloads:", ", ".join(WORKLOADS))
-        for name, cls in SYSTEMS.items():
-            print(f"system {name}{'' if cls.default else ' (run only when named)'}")
+        for group in GROUP_NAMES:
+            print(f"group {group}: {', '.join(group_members(group))}")
         return 0
     workloads = names(args.workloads, WORKLOADS, "workload", list(WORKLOADS))
-    systems = names(
-        args.systems, SYSTEMS, "system", [n for n, cls in SYSTEMS.items() if cls.default]
-    )
+    systems = system_names(args.systems)
     pairs = tuple(args.ratios.split(",")) if args.ratios else report.DEFAULT_RATIOS
     # A hang inside a cell is caught by the cell's own watchdog, before the
     # runner's timeout, so the cell can still report what it measured.
@@ -244,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             records.append(run_cell(w, s, args, extra))
             progress(len(records), total, records[-1])
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    print(report.render(records, workloads, systems, pairs))
+    tables = report.render(records, workloads, systems, pairs)
+    print(tables)
+    if args.markdown:
+        Path(args.markdown).write_text(tables)
+        print(f"tables written to {args.markdown}", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(
             json.dumps({"meta": meta, "cells": records}, indent=1, ensure_ascii=False, default=str)

@@ -1,4 +1,4 @@
-"""The workloads (W1..W3, F1..F3, import): what one cell does with a system.
+"""The workloads (W1..W4, F1..F3, import): what one cell does with a system.
 
 Each :class:`Workload` has a ``run(adapter, ctx)`` function that receives a
 started adapter (not started for ``import``) and a :class:`Context`, and
@@ -8,12 +8,13 @@ never returns is reported as a hang instead of blocking the cell.
 
 Every run function returns a ``value`` dict (``median``, ``min``, ``max``,
 ``unit``): the primary metric shown in the tables and used for the ratios.
-To add a workload (W4, W5, W6...), write a run function and add a
+To add a workload (W5, W6...), write a run function and add a
 :class:`Workload` to :data:`WORKLOADS`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -34,6 +35,9 @@ W1_TASKS = 20_000
 W2_TASKS = 32
 W3_TASKS = 32
 W3_SIZE = 2_000_000
+#: W4: a 400 MB float64 array, summed in 32 slices, passed whole to every task.
+W4_SIZE = 50_000_000
+W4_TASKS = 32
 #: Modules whose presence after ``import X`` the import workload reports.
 HEAVY_MODULES = ("dask", "distributed", "ray", "joblib", "sklearn", "numpy")
 
@@ -142,6 +146,32 @@ def run_w3(adapter: Adapter, ctx: Context) -> dict[str, Any]:
     return res
 
 
+def run_w4(adapter: Adapter, ctx: Context) -> dict[str, Any]:
+    """W4: 32 tasks each summing a slice of a 400 MB array passed whole to every task.
+
+    The array is made once per cell, in the parent, before the memory
+    baseline: the memory columns show what passing it costs, over the cell's
+    process tree and machine-wide. The value is the call time, s.
+    """
+    import numpy as np
+
+    array = np.random.default_rng(0).random(W4_SIZE)
+    bounds = [(k * W4_SIZE // W4_TASKS, (k + 1) * W4_SIZE // W4_TASKS) for k in range(W4_TASKS)]
+    args = [(array, start, stop) for start, stop in bounds]
+    expected = [workloads.slice_sum(array, start, stop) for start, stop in bounds]
+
+    def check(out: list[Any]) -> None:
+        if len(out) != W4_TASKS or not all(
+            math.isclose(v, e, rel_tol=1e-9) for v, e in zip(out, expected, strict=True)
+        ):
+            raise AssertionError("W4 returned wrong results")
+
+    res = time_calls(adapter, ctx, workloads.slice_sum, args, check)
+    res["value"] = summary(res["times_s"], "s")
+    res["params"] = {"tasks": W4_TASKS, "array_mb": round(array.nbytes / 2**20, 1)}
+    return res
+
+
 # --------------------------------------------------------------------------
 # import time
 
@@ -229,6 +259,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W1", "W1 20k identity tasks (µs/task)", "perf", run_w1),
         Workload("W2", "W2 32 x 40 ms pure Python (s)", "perf", run_w2),
         Workload("W3", "W3 32 x 40 ms np.sort (s)", "perf", run_w3, worker_imports=("numpy",)),
+        Workload(
+            "W4", "W4 400 MB array to 32 tasks (s)", "perf", run_w4, worker_imports=("numpy",)
+        ),
         Workload("F1", "F1 ValueError in task 7", "fault", run_f1),
         Workload("F2", "F2 os._exit in task 7", "fault", run_f2, _needs_isolation),
         Workload("F3", "F3 stuck task, timeout=2", "fault", run_f3, _needs_timeout),

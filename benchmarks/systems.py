@@ -2,8 +2,9 @@
 
 An adapter knows how to start its engine (pool creation plus a warm-up call),
 run one parallel call of ``fn(*args)`` over a list of argument tuples, and
-close its engine. To add a system (say joblib's dask or ray backend), write
-a subclass and decorate it with :func:`register`; nothing else changes.
+close its engine. To add a system, write a subclass and decorate it with
+:func:`register`; nothing else changes. The cluster systems (Dask, Ray) are
+in :mod:`benchmarks.clusters`, which registers them when imported.
 
 Every adapter imports its library lazily, inside its methods, so that the
 registry can be imported (and listed) without any of them installed.
@@ -42,10 +43,12 @@ class Adapter:
     supports_timeout: ClassVar[bool] = True
     #: Statement whose import time the ``import`` workload measures.
     import_stmt: ClassVar[str] = "pass"
-    #: False for systems run only when named in ``--systems``.
-    default: ClassVar[bool] = True
-    #: Module imported before start-up is timed (besides ``version_module``).
-    preload_module: ClassVar[str | None] = None
+    #: Group the system belongs to: ``--systems`` accepts group names, and the
+    #: default run is the ``default`` group (see :data:`GROUP_NAMES`).
+    group: ClassVar[str] = "default"
+    #: Modules imported before start-up is timed (besides ``version_module``);
+    #: the system is unavailable if one of them does not import.
+    preload_modules: ClassVar[tuple[str, ...]] = ()
     #: Module whose version is recorded in the cell's JSON, if any.
     version_module: ClassVar[str | None] = None
 
@@ -57,20 +60,23 @@ class Adapter:
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why the system cannot run here, or None if it can."""
-        if cls.version_module is None:
-            return None
-        try:
-            __import__(cls.version_module)
-        except Exception as exc:  # any import failure disqualifies
-            return f"{type(exc).__name__}: {exc}"
+        for name in cls._modules():
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # any import failure disqualifies
+                return f"{type(exc).__name__}: {exc}"
         return None
+
+    @classmethod
+    def _modules(cls) -> tuple[str, ...]:
+        version = () if cls.version_module is None else (cls.version_module,)
+        return version + cls.preload_modules
 
     @classmethod
     def preload(cls) -> None:
         """Import the system's library, so start-up timing leaves the import out."""
-        for name in (cls.preload_module, cls.version_module):
-            if name is not None:
-                importlib.import_module(name)
+        for name in cls._modules():
+            importlib.import_module(name)
 
     @classmethod
     def version(cls) -> str | None:
@@ -119,6 +125,10 @@ class Adapter:
 
 
 SYSTEMS: dict[str, type[Adapter]] = {}
+#: Groups of systems, by the ``group`` of their adapters: ``default`` (run
+#: when ``--systems`` is not given), ``clusters`` (Dask and Ray: seconds of
+#: start-up each) and ``optional`` (kept for a known behaviour, run by name).
+GROUP_NAMES = ("default", "clusters", "optional")
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:
@@ -152,7 +162,7 @@ class _Futures(Adapter):
     """concurrent.futures executors, driven through ``Executor.map``."""
 
     import_stmt = "import concurrent.futures"
-    preload_module = "concurrent.futures"
+    preload_modules = ("concurrent.futures",)
 
     def __init__(self, n_jobs: int) -> None:
         super().__init__(n_jobs)
@@ -202,19 +212,29 @@ class FuturesProcesses(_Futures):
 
 
 class _Joblib(Adapter):
-    """``joblib.Parallel(n_jobs=-1, backend=...)``; a new Parallel per call."""
+    """``joblib.Parallel(n_jobs=-1, backend=...)``; a new Parallel per call.
+
+    With ``via_config`` the backend is chosen the way joblib documents for its
+    external backends (dask, ray): ``with joblib.parallel_config(backend=...)``
+    around a plain ``joblib.Parallel(n_jobs=-1)``.
+    """
 
     backend: ClassVar[str] = ""
+    via_config: ClassVar[bool] = False
     import_stmt = "import joblib"
     version_module = "joblib"
 
     def run(
         self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
     ) -> list[Any]:
-        from joblib import Parallel, delayed
+        from joblib import Parallel, delayed, parallel_config
 
-        call = Parallel(n_jobs=-1, backend=self.backend, timeout=timeout)
-        return list(call(delayed(fn)(*a) for a in args))
+        if not self.via_config:
+            call = Parallel(n_jobs=-1, backend=self.backend, timeout=timeout)
+            return list(call(delayed(fn)(*a) for a in args))
+        with parallel_config(backend=self.backend):
+            call = Parallel(n_jobs=-1, timeout=timeout)
+            return list(call(delayed(fn)(*a) for a in args))
 
 
 @register
@@ -253,7 +273,7 @@ class JoblibMultiprocessing(_Joblib):
     name = "joblib-multiprocessing"
     backend = "multiprocessing"
     isolated = True
-    default = False
+    group = "optional"
 
 
 class _Parlay(Adapter):
@@ -302,6 +322,11 @@ class ParlayProcesses(_Parlay):
     name = "parlay-processes"
     backend = "processes"
     isolated = True
+
+
+def group_members(group: str) -> list[str]:
+    """Names of the registered systems in ``group`` (``all``: every system)."""
+    return [n for n, cls in SYSTEMS.items() if group in ("all", cls.group)]
 
 
 def all_cores() -> int:

@@ -21,8 +21,9 @@ BACKENDS = ["sequential", "threads", "processes", "dask", "ray"]
 
 # Process-wide helpers that engines start once and keep for the life of the interpreter.
 _SINGLETON_CHILDREN = ("resource_tracker",)
-# Threads that engines start once per interpreter and keep (distributed's callback pool).
-_SINGLETON_THREADS = ("Dask-Callback-Thread", "Dask-Offload")
+# Threads that engines start once per interpreter and keep: distributed's callback pool,
+# and the event loop its synchronous clients share (a client that failed to connect leaves it).
+_SINGLETON_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "IO loop")
 _SHM_PREFIXES = ("parlay", "loky", "joblib", "psm_")
 # Processes and threads of the engines the test session starts once (a Dask LocalCluster,
 # a local Ray): they outlive single tests on purpose, so the leak check skips them and

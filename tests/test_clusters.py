@@ -166,6 +166,19 @@ def test_large_arguments_reach_every_task(engine: str, request: pytest.FixtureRe
     assert out == [50_000.0] * 20
 
 
+def test_unreachable_ray_address_fails_fast_and_names_it() -> None:
+    from parlay._backends.ray import _check_reachable
+
+    t0 = time.monotonic()
+    with pytest.raises(parlay.ParlayError, match=r"127\.0\.0\.1:9"):
+        _check_reachable("127.0.0.1:9")
+    with pytest.raises(parlay.ParlayError, match=r"ray://127\.0\.0\.1:9"):
+        _check_reachable("ray://127.0.0.1:9")
+    with pytest.raises(ValueError, match="host:port"):
+        _check_reachable("nowhere")
+    assert time.monotonic() - t0 < 15
+
+
 # -- Ray: what parlay starts ---------------------------------------------------------------
 
 RAY_SCRIPT = textwrap.dedent(

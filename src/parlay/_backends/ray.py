@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -61,6 +62,27 @@ def _quiet_start() -> Iterator[None]:
             os.environ[name] = old
 
 
+CONNECT_TIMEOUT = 5.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on an address nobody listens at: ray.init retries it for minutes."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"Ray address must look like 'host:port' or 'ray://host:port', got {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ParlayError(
+            f"could not reach the Ray cluster at {address!r} within {CONNECT_TIMEOUT:.0f} s "
+            f"({exc}); check the address given to parallel_config(address=...) or {ADDRESS_ENV}"
+        ) from exc
+
+
 def _ensure_ray(address: str | None) -> None:
     import ray
 
@@ -73,6 +95,7 @@ def _ensure_ray(address: str | None) -> None:
             "log_to_driver": True,
         }
         if address:
+            _check_reachable(address)
             try:
                 with _quiet_start():
                     ray.init(address=address, **options)
