@@ -202,6 +202,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="seconds one call may take before the cell reports a hang",
     )
     p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds from the cell's start by which the measured calls must be over; "
+        "repeats that would not fit are left out (default: no limit)",
+    )
+    p.add_argument(
         "--fault-limit", type=float, default=30.0, help="same, for F2's fault call (default 30)"
     )
     p.add_argument(
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         w2_loops=args.w2_loops,
         w3_reps=args.w3_reps,
         call_limit=args.call_limit,
+        deadline=None if args.budget is None else time.monotonic() + args.budget,
         fault_limit=args.fault_limit,
         sample_interval=args.sample_interval,
     )

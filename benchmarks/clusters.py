@@ -4,6 +4,10 @@ Importing this module registers them in :data:`benchmarks.systems.SYSTEMS`.
 They take seconds to start (a scheduler, worker processes, Ray's daemons),
 so they are not in the default run: ``--systems default,clusters`` adds them.
 
+Their ``import`` row imports the engine's library too (``distributed``,
+``ray``): parlay imports it on the first call, joblib's users import it
+themselves; their start-up, like every system's, leaves that import out.
+
 Where their processes live, so that the cell's clean-up and memory sampler
 see them: joblib-dask's ``LocalCluster`` spawns its worker processes from the
 cell; parlay-dask starts a host process (in a session of its own) that runs
@@ -40,6 +44,7 @@ class ParlayDask(_Parlay):
     backend = "dask"
     isolated = True
     group = "clusters"
+    import_stmt = "import parlay, distributed"
     preload_modules = ("distributed",)
 
 
@@ -51,6 +56,7 @@ class ParlayRay(_Parlay):
     backend = "ray"
     isolated = True
     group = "clusters"
+    import_stmt = "import parlay, ray"
     preload_modules = ("ray",)
 
     def start(self, imports: tuple[str, ...] = ()) -> None:
@@ -78,14 +84,14 @@ class JoblibDask(_Joblib):
     def start(self, imports: tuple[str, ...] = ()) -> None:
         from distributed import Client, LocalCluster
 
-        self.cluster = LocalCluster(
+        self.cluster = LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=self.n_jobs,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
         )
-        self.client = Client(self.cluster)
+        self.client = Client(self.cluster)  # type: ignore[no-untyped-call]
         super().start(imports)
 
     def close(self) -> None:
@@ -116,7 +122,7 @@ class JoblibRay(_Joblib):
 
         _quiet_ray()
         ray.init(address="local", num_cpus=self.n_jobs, include_dashboard=False)
-        register_ray()
+        register_ray()  # type: ignore[no-untyped-call]
         super().start(imports)
 
     def close(self) -> None:

@@ -21,6 +21,9 @@ class Options:
     w2_loops: int | None = None
     w3_reps: int | None = None
     call_limit: float = 90.0
+    #: ``time.monotonic()`` by which the measured calls must be over (the
+    #: runner's timeout minus room to close); None: no limit.
+    deadline: float | None = None
     fault_limit: float = 30.0
     sample_interval: float = 0.02
 
@@ -66,10 +69,17 @@ def time_calls(
     Inputs are made before this is called, so they are part of the memory
     baseline and not of the "extra" memory. Each call's results go through
     ``check`` (outside the timed region), so a wrong answer fails the cell.
+    If the next call would likely end after ``options.deadline`` (judging by
+    the slowest call so far), the calls stop there and ``calls_cut`` says how
+    many were made: the cell reports them instead of being killed.
     """
     times: list[float] = ctx.record.setdefault("times_s", [])
+    deadline = ctx.options.deadline
     with sampling(ctx) as sampler:
         for r in range(ctx.options.repeat):
+            if times and deadline is not None and time.monotonic() + max(times) > deadline:
+                ctx.record["calls_cut"] = {"made": r, "asked": ctx.options.repeat}
+                break
             with ctx.guard(f"call {r + 1}/{ctx.options.repeat}"):
                 start = time.perf_counter()
                 out = adapter.run(fn, args, chunksize=chunksize)

@@ -1,7 +1,8 @@
 """Process-tree helpers and the memory sampler (psutil).
 
-* :func:`kill_tree`, :func:`kill_marked` and :func:`kill_session` make sure
-  no worker outlives its cell, whether the cell finished, hung, or crashed.
+* :func:`kill_tree`, and :func:`kill_all` over :func:`marked` and
+  :func:`session_members`, make sure no worker outlives its cell, whether the
+  cell finished, hung, or crashed.
 * :class:`MemorySampler` runs a daemon thread that samples, every few
   milliseconds, the summed RSS of this process, all its descendants and the
   rest of its session, and the machine-wide used memory (``total -
@@ -142,10 +143,10 @@ def kill_tree(pid: int | None = None, *, wait: float = 3.0) -> int:
     return kill_all(descendants(pid), wait)
 
 
-def kill_marked(token: str, *, wait: float = 3.0) -> int:
-    """Kill every process whose environment carries ``TOKEN_VAR=token``.
+def marked(token: str) -> list[psutil.Process]:
+    """Every process whose environment carries ``TOKEN_VAR=token``.
 
-    This catches workers that were re-parented to init after their cell died.
+    This finds workers that were re-parented to init after their cell died.
     """
     me = os.getpid()
     found: list[psutil.Process] = []
@@ -157,12 +158,15 @@ def kill_marked(token: str, *, wait: float = 3.0) -> int:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
-    return kill_all(found, wait)
+    return found
 
 
-def kill_session(sid: int, *, wait: float = 3.0) -> int:
-    """Kill every process left in session ``sid`` (a cell's, after it ended)."""
-    return kill_all(session_members(sid), wait)
+def name_of(proc: psutil.Process) -> str:
+    """The process's name, or ``?`` if it is gone or hidden."""
+    try:
+        return str(proc.name())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "?"
 
 
 class MemorySampler:
@@ -207,10 +211,7 @@ class MemorySampler:
         procs = tree(self._root, self._session)
         for proc in procs:
             if proc.pid not in self.names:
-                try:
-                    self.names[proc.pid] = proc.name()
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    self.names[proc.pid] = "?"
+                self.names[proc.pid] = name_of(proc)
         self.processes_max = max(self.processes_max, len(procs))
         return procs
 

@@ -137,6 +137,9 @@ def cell_text(rec: Record | None) -> str:
     if rec["workload"].startswith("F"):
         return fault_text(rec) + busy(rec)
     body = spread(rec["value"]) + busy(rec)
+    cut = rec.get("calls_cut")
+    if cut:
+        body += f" ({cut['made']} of {cut['asked']} calls)"
     if rec["workload"] == "import":
         heavy = rec.get("import", {}).get("heavy_modules_loaded", [])
         if heavy:

@@ -35,11 +35,14 @@ from typing import Any
 
 import benchmarks.clusters  # noqa: F401  (registers the cluster systems)
 from benchmarks import report
-from benchmarks.procs import TOKEN_VAR, descendants, kill_all, kill_marked, kill_session
+from benchmarks.procs import TOKEN_VAR, descendants, kill_all, marked, name_of, session_members
 from benchmarks.scenarios import WORKLOADS, calibrate_sort, calibrate_spin
 from benchmarks.systems import GROUP_NAMES, SYSTEMS, all_cores, group_members
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Seconds of a cell's timeout kept for its start-up, checks and clean-up:
+#: measured calls that would end later are left out (``calls_cut``).
+BUDGET_MARGIN_S = 20.0
 
 
 def cell_env() -> dict[str, str]:
@@ -70,18 +73,22 @@ def last_json(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def sweep(pgid: int, token: str) -> int:
+def sweep(pgid: int, token: str) -> list[str]:
     """Kill whatever is left of a cell: its process group, its token bearers, its session.
 
     The cell leads a session and a process group whose ids are its pid. Ray
     puts each worker in a process group of its own, and some of its agents
-    do not carry the token: the session catches those.
+    do not carry the token: the session catches those. Returns the names of
+    the processes killed besides the process group.
     """
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    return kill_marked(token) + kill_session(pgid)
+    left = {proc.pid: proc for proc in marked(token) + session_members(pgid)}
+    names = sorted(name_of(proc) for proc in left.values())
+    kill_all(list(left.values()))
+    return names
 
 
 def kill_cell(proc: subprocess.Popen[bytes]) -> int:
@@ -147,7 +154,8 @@ def run_cell(
         exit_code=code,
         cell_wall_s=time.perf_counter() - started,
         cell_timeout_s=args.timeout,
-        leftover_processes_killed=leftovers,
+        leftover_processes_killed=len(leftovers),
+        leftover_process_names=leftovers,
     )
     if record.get("status") in ("error", "crash") and stderr:
         record.setdefault("stderr_tail", stderr[-1500:])
@@ -236,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = [
         "--call-limit",
         str(max(5.0, args.timeout * 0.75)),
+        "--budget",
+        str(max(5.0, args.timeout - BUDGET_MARGIN_S)),
         "--fault-limit",
         str(min(args.fault_limit, args.timeout * 0.5)),
         "--sample-interval",
