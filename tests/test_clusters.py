@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import textwrap
@@ -153,9 +154,10 @@ def test_a_large_array_is_put_once_per_call_whatever_the_tasks() -> None:
     assert max(sizes) < 20_000, "the array was pickled into a payload"
 
 
-@pytest.mark.parametrize("engine", ["dask", "ray"])
+@pytest.mark.parametrize("engine", ["processes", "dask", "ray"])
 def test_large_arguments_reach_every_task(engine: str, request: pytest.FixtureRequest) -> None:
-    request.getfixturevalue("dask_cluster" if engine == "dask" else "ray_runtime")
+    if engine != "processes":
+        request.getfixturevalue("dask_cluster" if engine == "dask" else "ray_runtime")
     array = np.random.default_rng(0).random(1_000_000)
     bounds = [(i * 50_000, (i + 1) * 50_000) for i in range(20)]
     out = Parallel(n_jobs=-1, backend=engine)(delayed(slice_sum)(array, a, b) for a, b in bounds)
@@ -220,3 +222,36 @@ def test_local_ray_started_by_parlay_is_stopped_and_its_files_removed(tmp_path: 
     assert not Path(info["folder"]).exists(), "Ray's temp files were left behind"
     _gone, alive = psutil.wait_procs(descendants, timeout=20)
     assert not alive, f"Ray processes outlived the script: {alive}"
+
+
+def scribble(array: np.ndarray) -> float:
+    array[:10] = -1.0  # a task may write into its argument, as into a pickled copy
+    return float(array[:10].sum())
+
+
+def shm_segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("parlay-")}
+
+
+@pytest.mark.parametrize("engine", ["processes", "dask"])
+def test_shared_arguments_are_private_copies_to_tasks_and_released(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    if engine == "dask":
+        request.getfixturevalue("dask_cluster")
+    array = np.ones(500_000)
+    out = Parallel(n_jobs=2, backend=engine)(delayed(scribble)(array) for _ in range(4))
+    assert out == [-10.0] * 4
+    assert array[:10].tolist() == [1.0] * 10, "a task's write reached the caller's array"
+    assert shm_segments() == set()
+
+
+def test_shared_segments_are_released_when_a_task_fails() -> None:
+    from parlay.testing import raise_at
+
+    array = np.ones(500_000)
+    with pytest.raises(ValueError, match="failed on purpose"):
+        Parallel(n_jobs=2, backend="processes")(
+            delayed(lambda a, i: raise_at(i, 3))(array, i) for i in range(8)
+        )
+    assert shm_segments() == set()

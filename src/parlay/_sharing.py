@@ -14,13 +14,19 @@ changed in place between two calls travels again with the second.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import mmap
+import os
 import pickle
+import tempfile
 import threading
+import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal, NamedTuple
 
 __all__ = ["CallShares", "dumps_sharing", "loads_shared"]
 
@@ -38,16 +44,22 @@ class CallShares:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def clear(self) -> None:
-        """Drop every handle: the engine may free the data."""
+        """Drop every handle: the engine may free the data; shared segments are removed."""
         with self.lock:
+            handles = [handle for _, handle in self.handles.values()]
             self.handles.clear()
+        for handle in handles:
+            if isinstance(handle, SharedArray):
+                handle.release()
 
 
 def _is_large(obj: object, max_nbytes: int) -> bool:
-    nbytes = getattr(obj, "nbytes", None)
-    if nbytes is None or type(obj).__module__ != "numpy" or type(obj).__name__ != "ndarray":
+    # Exactly numpy.ndarray (not a subclass: a masked array or a matrix carries more than
+    # its buffer), holding plain values (not Python objects, which must be pickled).
+    cls = type(obj)
+    if cls.__name__ != "ndarray" or cls.__module__ != "numpy":
         return False
-    return bool(nbytes >= max_nbytes)
+    return bool(obj.nbytes >= max_nbytes and not obj.dtype.hasobject)  # type: ignore[attr-defined]
 
 
 def needs_sharing_pass(args: list[tuple[Any, ...]], kwargs: list[dict[str, Any]]) -> bool:
@@ -107,3 +119,132 @@ def loads_shared(payload: bytes, values: tuple[Any, ...]) -> Any:
             return values[pid]
 
     return _Unpickler(io.BytesIO(payload)).load()
+
+
+# -- shared memory on this machine ----------------------------------------------------------
+
+_SHM_DIR: Final = "/dev/shm"
+
+
+def _segment_folder(nbytes: int) -> str:
+    """/dev/shm when it has room for `nbytes`, else the temp folder (with a warning)."""
+    try:
+        stats = os.statvfs(_SHM_DIR)
+    except OSError:
+        return tempfile.gettempdir()
+    free = stats.f_bavail * stats.f_frsize
+    if free < nbytes * 1.1:
+        warnings.warn(
+            f"/dev/shm has {free / 2**20:.0f} MiB free, too little for a {nbytes / 2**20:.0f} "
+            f"MiB argument: parlay shares it through a file in {tempfile.gettempdir()} instead "
+            "(slower). Enlarge /dev/shm (docker run --shm-size=...) to avoid this.",
+            ResourceWarning,
+            stacklevel=4,
+        )
+        return tempfile.gettempdir()
+    return _SHM_DIR
+
+
+def _attach(path: str, shape: tuple[int, ...], dtype: str, order: Literal["C", "F"]) -> Any:
+    """In a worker: map a shared array without copying it (copy-on-write if written)."""
+    import numpy as np
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # ACCESS_COPY: a private mapping. Reads share the caller's pages; a task that
+        # writes into its argument gets its own copy of the pages it writes, as it would
+        # with a pickled copy, and never a read-only error.
+        buffer = mmap.mmap(fd, nbytes, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    return np.ndarray(shape, dtype=np.dtype(dtype), buffer=buffer, order=order)
+
+
+class SharedRef(NamedTuple):
+    """What a :class:`SharedArray` becomes in a worker: where to map the array from.
+
+    It stays a small reference until :func:`resolve` maps it, inside parlay's worker
+    code: an engine that inspects task arguments (Dask walks them) never sees 400 MB.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    order: Literal["C", "F"]
+
+    def attach(self) -> Any:
+        """Map the array (no copy)."""
+        return _attach(self.path, self.shape, self.dtype, self.order)
+
+
+def resolve(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """In a worker: map the shared references among `values`, leave the rest."""
+    return tuple(v.attach() if isinstance(v, SharedRef) else v for v in values)
+
+
+class SharedArray:
+    """A NumPy array copied once into shared memory; pickles as a small :class:`SharedRef`.
+
+    The caller's side owns the segment and removes it in :meth:`release`.
+    """
+
+    __slots__ = ("_mapping", "dtype", "order", "path", "shape")
+
+    def __init__(self, array: Any) -> None:
+        import numpy as np
+
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype.str
+        fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+        self.order: Literal["C", "F"] = "F" if fortran else "C"
+        folder = _segment_folder(array.nbytes)
+        self.path = os.path.join(folder, f"parlay-{os.getpid()}-{uuid.uuid4().hex[:16]}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _track(self.path)
+            os.ftruncate(fd, array.nbytes)
+            # MAP_POPULATE (Linux) faults the pages in at once, a third faster than one
+            # fault per page during the copy.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._mapping: mmap.mmap | None = mmap.mmap(fd, array.nbytes, flags=flags)
+        except BaseException:
+            os.close(fd)
+            self.release()
+            raise
+        os.close(fd)
+        target = np.ndarray(self.shape, dtype=array.dtype, buffer=self._mapping, order=self.order)
+        np.copyto(target, array, casting="no")
+        del target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedRef, (self.path, self.shape, self.dtype, self.order))
+
+    def release(self) -> None:
+        """Remove the segment; workers that mapped it keep their mapping until they drop it."""
+        if self._mapping is not None:
+            with contextlib.suppress(BufferError):
+                self._mapping.close()
+            self._mapping = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        _untrack(self.path)
+
+
+def _track(path: str) -> None:
+    # loky's resource tracker removes the file if this process dies before release().
+    from loky.backend import resource_tracker
+
+    resource_tracker.register(path, "file")
+
+
+def _untrack(path: str) -> None:
+    from loky.backend import resource_tracker
+
+    with contextlib.suppress(Exception):
+        resource_tracker.unregister(path, "file")
+
+
+def share_locally(value: object) -> SharedArray:
+    """The ``put`` of engines whose workers run on this machine."""
+    return SharedArray(value)

@@ -24,7 +24,7 @@ from typing import Any, Final, cast
 
 from . import _budget, _config
 from ._exceptions import RemoteTraceback, SerializationError
-from ._sharing import CallShares, dumps_sharing, loads_shared, needs_sharing_pass
+from ._sharing import CallShares, dumps_sharing, loads_shared, needs_sharing_pass, resolve
 
 __all__ = ["Batch", "BatchResult", "WorkerContext", "pack", "run_batch", "run_packed", "unpack"]
 
@@ -232,7 +232,7 @@ def run_packed(payload: bytes, *shared: Any) -> bytes:
     `shared` are the values of the large arguments left out of the payload, in order.
     """
     try:
-        batch: Batch = loads_shared(payload, shared) if shared else _loads(payload)
+        batch: Batch = loads_shared(payload, resolve(shared)) if shared else _loads(payload)
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
         failure = SerializationError(

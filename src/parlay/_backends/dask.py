@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from .._budget import cpu_count
 from .._exceptions import ParlayError, WorkerDiedError
+from .._sharing import share_locally
 from .._worker import run_packed, unpack
 from . import on_shutdown
 from ._base import Backend, BridgedFuture, Capabilities, Session
@@ -166,6 +167,15 @@ def _close_all() -> None:
 on_shutdown(_close_all)
 
 
+def _all_workers_local(client: Any) -> bool:
+    """Whether every worker of the cluster runs on this machine (loopback addresses)."""
+    from urllib.parse import urlparse
+
+    workers = client.scheduler_info().get("workers", {})
+    hosts = {urlparse(address).hostname for address in workers}
+    return bool(hosts) and hosts <= {"127.0.0.1", "localhost", "::1"}
+
+
 def _in_worker_thread() -> bool:
     from distributed import get_worker
 
@@ -183,6 +193,7 @@ class DaskSession(Session):
     def __init__(self, client: Any, requested_n_jobs: int) -> None:
         self._client = client
         self._requested = requested_n_jobs
+        self._local: bool | None = None
 
     @property
     def n_workers(self) -> int:  # type: ignore[override]
@@ -211,6 +222,11 @@ class DaskSession(Session):
         return target
 
     def _put(self, value: object) -> Any:
+        if self._local is None:
+            self._local = _all_workers_local(self._client)
+        if self._local:
+            # Every worker runs on this machine: shared memory, one copy, no transfer.
+            return share_locally(value)
         # hash=False: no hashing of a large array to name it; the future is unique.
         return self._client.scatter(value, hash=False)
 

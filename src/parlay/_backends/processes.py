@@ -19,7 +19,8 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, final
 
 from .._exceptions import WorkerDiedError
-from .._worker import pack, run_packed, unpack
+from .._sharing import share_locally
+from .._worker import run_packed, unpack
 from ._base import Backend, BridgedFuture, Capabilities, Session
 
 if TYPE_CHECKING:
@@ -69,11 +70,12 @@ class ProcessesSession(Session):
     def submit(self, batch: Batch) -> Future[BatchResult]:
         from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
 
-        payload = pack(batch)
+        # Large arrays go through shared memory, once per call (see _sharing).
+        payload, shared = batch.pack_sharing(share_locally)
         for attempt in (1, 2):
             executor = self._live_executor()
             try:
-                source = executor.submit(run_packed, payload)
+                source = executor.submit(run_packed, payload, *shared)
                 break
             except (BrokenProcessPool, ShutdownExecutorError):
                 # The pool broke after the last call (a worker died): start a new one.
