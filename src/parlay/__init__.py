@@ -19,6 +19,7 @@ from ._api import Parallel as Parallel
 from ._api import Task as Task
 from ._api import delayed as delayed
 from ._api import effective_n_jobs as effective_n_jobs
+from ._api import explain_last as explain_last
 from ._backends import register_backend as register_backend
 from ._backends import shutdown as shutdown
 from ._backends._base import Backend as Backend
@@ -58,6 +59,7 @@ __all__ = [
     "cpu_count",
     "delayed",
     "effective_n_jobs",
+    "explain_last",
     "parallel_config",
     "register_backend",
     "shutdown",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import numbers
 import re
+import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, final
@@ -21,7 +22,7 @@ from ._negotiate import CallHints, Decision, UserContext, decide
 from ._runner import Call
 from ._worker import WorkerContext
 
-__all__ = ["Parallel", "Task", "delayed", "effective_n_jobs"]
+__all__ = ["Parallel", "Task", "delayed", "effective_n_jobs", "explain_last"]
 
 logger = logging.getLogger("parlay")
 
@@ -334,6 +335,7 @@ class Parallel:
         if self._managed is not None:
             return self._managed
         decision, backend = self._negotiate()
+        remember_decision(decision)
         cached = decision.nesting_level == 0
         session = _backends.acquire_session(backend, decision, cached=cached)
         if self._verbose:
@@ -356,7 +358,7 @@ class Parallel:
             iterable,
             session=session,
             capabilities=caps,
-            context=WorkerContext(nesting, _config.current_layers()),
+            context=WorkerContext(nesting, _config.current_layers(), in_worker=not caps.inline),
             batch_size=self._batch_size,
             pre_dispatch=_pre_dispatch_batches(self._pre_dispatch, decision.n_jobs),
             timeout=self._timeout,
@@ -398,6 +400,32 @@ class Parallel:
         }
         args = ", ".join(f"{k}={v!r}" for k, v in shown.items() if v is not UNSET)
         return f"Parallel({args})"
+
+
+_last = threading.local()
+
+
+def remember_decision(decision: Decision) -> None:
+    """Keep the decision of this thread's latest call, for :func:`explain_last`."""
+    _last.decision = decision
+
+
+def explain_last() -> Decision | None:
+    """The decision taken for the latest parallel call of this thread, or None.
+
+    joblib calls routed through parlay (scikit-learn's ``n_jobs`` inside a
+    ``parlay.parallel_config``) count too, so this tells where a library's hidden call ran.
+    Each decision is also logged at DEBUG on the ``parlay.joblib`` logger with its call site.
+
+    Examples
+    --------
+    >>> from parlay import Parallel, delayed, explain_last
+    >>> _ = Parallel(n_jobs=2, backend="threads")(delayed(abs)(-1) for _ in range(2))
+    >>> explain_last().backend
+    'threads'
+    """
+    decision: Decision | None = getattr(_last, "decision", None)
+    return decision
 
 
 def effective_n_jobs(n_jobs: int | None = -1) -> int:

@@ -10,7 +10,10 @@ Every public input is validated here, at the front door, before any worker start
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
+import importlib.util
 import numbers
 import os
 from collections.abc import Callable, Mapping
@@ -177,6 +180,11 @@ def reset_layers(token: contextvars.Token[tuple[ConfigLayer, ...]]) -> None:
     _LAYERS.reset(token)
 
 
+@functools.cache
+def _joblib_installed() -> bool:
+    return importlib.util.find_spec("joblib") is not None
+
+
 @final
 class parallel_config:
     """Set the resources for every parallel call made in this context.
@@ -218,7 +226,7 @@ class parallel_config:
     [0, 1, 2]
     """
 
-    __slots__ = ("_layer", "_token")
+    __slots__ = ("_joblib", "_layer", "_token")
 
     def __init__(
         self,
@@ -270,11 +278,18 @@ class parallel_config:
             level=_budget.current_nesting().level,
         )
         self._token: contextvars.Token[tuple[ConfigLayer, ...]] | None = None
+        self._joblib: contextlib.AbstractContextManager[Any] | None = None
 
     def __enter__(self) -> parallel_config:
         if self._token is not None:
             raise RuntimeError("this parallel_config is already active; make a new one")
         self._token = _LAYERS.set((*_LAYERS.get(), self._layer))
+        if _joblib_installed():
+            # joblib's calls in this block (scikit-learn's n_jobs) go through parlay too.
+            from .joblib import activated
+
+            self._joblib = activated()
+            self._joblib.__enter__()
         return self
 
     def __exit__(
@@ -283,6 +298,9 @@ class parallel_config:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._joblib is not None:
+            self._joblib.__exit__(exc_type, exc, tb)
+            self._joblib = None
         if self._token is not None:
             _LAYERS.reset(self._token)
             self._token = None

@@ -14,7 +14,9 @@ the task instead of an engine error or a hang.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 import traceback
@@ -49,6 +51,9 @@ class WorkerContext:
 
     nesting: _budget.Nesting
     layers: tuple[_config.ConfigLayer, ...] = ()
+    # The tasks run in a worker (not inline in the caller): joblib calls they make are
+    # routed to parlay there, so that they get the task's budget (see parlay.joblib).
+    in_worker: bool = False
 
 
 @dataclass(slots=True)
@@ -147,11 +152,21 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
     layers_token = _config.set_layers(batch.context.layers)
     t0 = time.perf_counter()
     try:
-        values, errors, cancelled = _run_tasks(batch, remote)
+        with _joblib_bridge(batch.context):
+            values, errors, cancelled = _run_tasks(batch, remote)
     finally:
         _config.reset_layers(layers_token)
         _budget.reset_nesting(nesting_token)
     return BatchResult(values, errors, time.perf_counter() - t0, _worker_name(), cancelled)
+
+
+def _joblib_bridge(context: WorkerContext) -> contextlib.AbstractContextManager[Any]:
+    """Route the tasks' joblib calls to parlay, in a worker where joblib is loaded."""
+    if not context.in_worker or "joblib" not in sys.modules:
+        return contextlib.nullcontext()
+    from .joblib import activated
+
+    return activated()
 
 
 def _run_tasks(batch: Batch, remote: bool) -> tuple[list[Any], dict[int, str | None], bool]:

@@ -1,0 +1,218 @@
+"""The joblib bridge: joblib's ``Parallel``, and so every scikit-learn ``n_jobs``, on parlay.
+
+Importing this module (it imports joblib) registers a joblib backend named ``"parlay"``.
+You rarely need to: ``parlay.parallel_config(...)`` activates the bridge by itself, in its
+thread and in the tasks parlay runs, so that inside it::
+
+    with parlay.parallel_config(backend="dask"):
+        GridSearchCV(RandomForestClassifier(n_jobs=-1), grid, n_jobs=-1).fit(X, y)
+
+every joblib call goes through parlay's negotiation: scikit-learn's ``prefer="threads"`` and
+``require="sharedmem"`` are the author's hints, the context is the user's resources, and a
+nested call inside a task gets that task's share of the cores. ``parlay.explain_last()``
+shows the decision taken for the latest call of the thread, joblib's included.
+
+Each joblib batch (joblib's ``BatchedCalls``) is one parlay task; joblib keeps its own
+ordering, generators, timeouts and error handling, and parlay provides the pools, the
+placement and the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from joblib import parallel_config as _joblib_parallel_config
+from joblib import register_parallel_backend
+from joblib._parallel_backends import ParallelBackendBase
+
+from . import _backends, _budget, _config
+from ._api import Parallel, remember_decision
+from ._backends._base import Session
+from ._batching import BatchSizer
+from ._negotiate import Decision
+from ._worker import BatchResult, WorkerContext, batch_of
+
+__all__ = ["ParlayBackend", "activated"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _CallState:
+    """What one joblib call (between configure and terminate) holds."""
+
+    decision: Decision
+    session: Session
+    private: bool
+    context: WorkerContext
+    sizer: BatchSizer
+    cancel: threading.Event = field(default_factory=threading.Event)
+    futures: set[Future[BatchResult]] = field(default_factory=set)
+
+
+class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
+    """joblib backend that runs joblib's batches on parlay's negotiated backend.
+
+    It declares shared-memory support so that joblib hands it ``require="sharedmem"``
+    calls instead of swapping in its own threading backend: parlay decides, and gives
+    those calls threads.
+    """
+
+    supports_retrieve_callback = True
+    supports_sharedmem = True
+    supports_inner_max_num_threads = True
+    uses_threads = False
+    default_n_jobs = 1
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **backend_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            nesting_level=nesting_level,
+            inner_max_num_threads=inner_max_num_threads,
+            **backend_kwargs,
+        )
+        # joblib shares one backend instance between the calls of a context (a managed
+        # `with Parallel() as p` and the calls made inside its tasks on threads): each
+        # call's state is kept on a stack, so an inner call never closes an outer pool.
+        self._calls: list[_CallState] = []
+
+    # -- joblib's contract --------------------------------------------------------------
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        self.parallel = parallel
+        front = Parallel(n_jobs=n_jobs, prefer=prefer, require=require)  # type: ignore[arg-type]
+        decision, backend = front._negotiate()
+        remember_decision(decision)
+        logger.debug("joblib call from %s: %s", _call_site(), decision)
+        private = decision.nesting_level > 0
+        session = _backends.acquire_session(backend, decision, cached=not private)
+        caps = backend.capabilities
+        nesting = _budget.current_nesting()
+        if not caps.inline:
+            nesting = _budget.Nesting(
+                level=nesting.level + 1,
+                budget=decision.inner_budget,
+                parent=f"{decision.backend!r} with {decision.n_jobs} workers (via joblib)",
+            )
+        state = _CallState(
+            decision,
+            session,
+            private,
+            WorkerContext(nesting, _config.current_layers(), in_worker=not caps.inline),
+            BatchSizer(None, target=caps.batch_seconds, n_workers=decision.n_jobs, timeout=None),
+        )
+        self._calls.append(state)
+        return decision.n_jobs
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if self._calls:
+            return self._calls[-1].decision.n_jobs
+        return Parallel(n_jobs=n_jobs).explain().n_jobs
+
+    def submit(
+        self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
+    ) -> Future[BatchResult]:
+        state = self._state()
+        batch = batch_of(0, [(func, (), {})], state.context, True, state.cancel)
+        future = state.session.submit(batch)
+        state.futures.add(future)
+        future.add_done_callback(state.futures.discard)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def retrieve_result_callback(self, future: Future[BatchResult]) -> Any:
+        result = future.result()
+        if result.fatal is not None:
+            raise result.fatal
+        if result.errors:
+            raise result.values[0]  # joblib names the task and keeps the traceback
+        return result.values[0]
+
+    def compute_batch_size(self) -> int:
+        return self._state().sizer.next_size(None) if self._calls else 1
+
+    def batch_completed(self, batch_size: int, duration: float) -> None:
+        if self._calls:
+            self._calls[-1].sizer.observe(batch_size, duration)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        if not self._calls:
+            return
+        state = self._calls[-1]
+        state.cancel.set()
+        state.session.cancel(list(state.futures), kill=False)
+        # joblib goes on using this instance after an abort when ensure_ready is set.
+        state.cancel = threading.Event()
+
+    def terminate(self) -> None:
+        if not self._calls:
+            return
+        state = self._calls.pop()
+        if state.private:
+            state.session.close()
+
+    def get_nested_backend(self) -> tuple[ParlayBackend, None]:
+        level = (self.nesting_level or 0) + 1
+        return ParlayBackend(level, self.inner_max_num_threads), None
+
+    @contextlib.contextmanager
+    def retrieval_context(self) -> Iterator[None]:
+        # While joblib waits for results, a nested call on a reentrant engine (Dask)
+        # leaves its worker slot, as parlay's own calls do.
+        if not self._calls:
+            yield
+            return
+        with self._calls[-1].session.blocking():
+            yield
+
+    def _state(self) -> _CallState:
+        if not self._calls:
+            raise RuntimeError("the parlay joblib backend was used before configure()")
+        return self._calls[-1]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled into joblib's batches as the nested backend: only the level travels.
+        return (ParlayBackend, (self.nesting_level, self.inner_max_num_threads))
+
+
+def _call_site() -> str:
+    import sys
+
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+        ("joblib", "parlay", "sklearn.utils.parallel")
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "?"
+    return f"{frame.f_globals.get('__name__', '?')}:{frame.f_lineno}"
+
+
+register_parallel_backend("parlay", ParlayBackend)
+
+
+def activated() -> contextlib.AbstractContextManager[Any]:
+    """joblib's ``parallel_config`` that routes joblib calls to parlay, for this thread."""
+    level = _budget.current_nesting().level
+    config: contextlib.AbstractContextManager[Any] = _joblib_parallel_config(
+        backend=ParlayBackend(nesting_level=level)
+    )
+    return config

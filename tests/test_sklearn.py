@@ -1,0 +1,173 @@
+"""scikit-learn's n_jobs on parlay, through the joblib bridge, with real scikit-learn."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import parlay
+
+sklearn = pytest.importorskip("sklearn")
+joblib = pytest.importorskip("joblib")
+
+from sklearn.datasets import make_classification  # noqa: E402
+from sklearn.ensemble import RandomForestClassifier  # noqa: E402
+from sklearn.inspection import permutation_importance  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_validate  # noqa: E402
+from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
+from sklearn.utils.parallel import Parallel as SkParallel  # noqa: E402
+from sklearn.utils.parallel import delayed as sk_delayed  # noqa: E402
+
+X, y = make_classification(n_samples=300, n_features=8, random_state=0)
+
+
+@pytest.fixture(autouse=True)
+def no_joblib_pool() -> Iterator[None]:
+    """Work routed through parlay must never start joblib's own process pool."""
+    from joblib.externals.loky import reusable_executor
+
+    yield
+    assert reusable_executor._executor is None, "joblib started its own loky pool"
+
+
+def forest(**kwargs: object) -> RandomForestClassifier:
+    return RandomForestClassifier(n_estimators=12, max_depth=4, random_state=0, **kwargs)
+
+
+def test_random_forest_fit_predict_same_as_sequential(backend: str) -> None:
+    expected = forest(n_jobs=1).fit(X, y).predict_proba(X)
+    with parlay.parallel_config(backend=backend):
+        model = forest(n_jobs=-1).fit(X, y)
+        fit_decision = parlay.explain_last()
+        proba = model.predict_proba(X)
+        predict_decision = parlay.explain_last()
+    np.testing.assert_allclose(proba, expected)
+    assert fit_decision is not None
+    assert predict_decision is not None
+    # fit says prefer="threads": the user's context wins. predict writes into one shared
+    # array (require="sharedmem"): it gets shared memory whatever the context.
+    assert fit_decision.backend in (backend, "sequential")
+    assert predict_decision.backend in ("threads", "sequential")
+
+
+def test_grid_search_same_as_sequential(backend: str) -> None:
+    grid = {"max_depth": [2, 4], "n_estimators": [5, 10]}
+    expected = GridSearchCV(forest(n_jobs=1), grid, cv=3, n_jobs=1).fit(X, y)
+    with parlay.parallel_config(backend=backend):
+        search = GridSearchCV(forest(n_jobs=-1), grid, cv=3, n_jobs=-1).fit(X, y)
+    assert search.best_params_ == expected.best_params_
+    np.testing.assert_allclose(
+        search.cv_results_["mean_test_score"], expected.cv_results_["mean_test_score"]
+    )
+
+
+def test_cross_validate_and_kneighbors(backend: str) -> None:
+    expected = cross_validate(KNeighborsClassifier(n_jobs=1), X, y, cv=4)["test_score"]
+    with parlay.parallel_config(backend=backend):
+        scores = cross_validate(KNeighborsClassifier(n_jobs=-1), X, y, cv=4, n_jobs=-1)
+        knn = KNeighborsClassifier(n_jobs=-1).fit(X, y).predict(X)
+    np.testing.assert_allclose(scores["test_score"], expected)
+    np.testing.assert_array_equal(knn, KNeighborsClassifier().fit(X, y).predict(X))
+
+
+def test_permutation_importance_on_large_data(backend: str) -> None:
+    # Over 1 MiB: process and cluster workers get the data through shared memory or the
+    # engine's store, never as joblib's read-only memmap that breaks in-place code.
+    big_X, big_y = make_classification(n_samples=20_000, n_features=8, random_state=1)
+    model = forest(n_jobs=1).fit(big_X, big_y)
+    expected = permutation_importance(model, big_X, big_y, n_repeats=3, random_state=0)
+    with parlay.parallel_config(backend=backend):
+        result = permutation_importance(model, big_X, big_y, n_repeats=3, random_state=0, n_jobs=-1)
+    np.testing.assert_allclose(result.importances, expected.importances)
+
+
+def where(_: int) -> tuple[int, bool, bool]:
+    in_dask = False
+    if "distributed" in sys.modules:
+        from distributed import get_worker
+
+        try:
+            get_worker()
+            in_dask = True
+        except ValueError:
+            pass
+    in_ray = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    in_ray = in_ray and sys.modules["ray"].get_runtime_context().worker.mode == 1
+    return os.getpid(), in_dask, in_ray
+
+
+@pytest.mark.parametrize("engine", ["processes", "dask", "ray"])
+def test_the_work_runs_on_the_chosen_engine(engine: str, request: pytest.FixtureRequest) -> None:
+    if engine != "processes":
+        request.getfixturevalue("dask_cluster" if engine == "dask" else "ray_runtime")
+    with parlay.parallel_config(backend=engine):
+        out = SkParallel(n_jobs=2)(sk_delayed(where)(i) for i in range(6))
+    pids = {pid for pid, _, _ in out}
+    assert os.getpid() not in pids, "the tasks ran in the caller, not on the engine"
+    if engine == "dask":
+        assert all(in_dask for _, in_dask, _ in out)
+    if engine == "ray":
+        assert all(in_ray for _, _, in_ray in out)
+
+
+def read_config(_: int) -> bool:
+    return bool(sklearn.get_config()["assume_finite"])
+
+
+def test_scikit_learns_config_reaches_the_workers(backend: str) -> None:
+    with parlay.parallel_config(backend=backend), sklearn.config_context(assume_finite=True):
+        out = SkParallel(n_jobs=2)(sk_delayed(read_config)(i) for i in range(4))
+    assert out == [True] * 4
+
+
+def test_joblib_return_as_generator_and_timeout() -> None:
+    with parlay.parallel_config(backend="threads"):
+        gen = joblib.Parallel(n_jobs=2, return_as="generator")(
+            joblib.delayed(abs)(-i) for i in range(5)
+        )
+        assert list(gen) == [0, 1, 2, 3, 4]
+        gen = joblib.Parallel(n_jobs=2, return_as="generator_unordered")(
+            joblib.delayed(abs)(-i) for i in range(5)
+        )
+        assert sorted(gen) == [0, 1, 2, 3, 4]
+        # joblib enforces its own timeout and raises its own error class.
+        with pytest.raises(multiprocessing.TimeoutError):
+            joblib.Parallel(n_jobs=2, timeout=0.2)(
+                joblib.delayed(__import__("time").sleep)(s) for s in (0.01, 1.0)
+            )
+
+
+def test_a_managed_call_inside_a_task_leaves_the_outer_pool_alone() -> None:
+    def inner(i: int) -> int:
+        with joblib.Parallel(n_jobs=2) as p:
+            return sum(p(joblib.delayed(abs)(-j) for j in range(i)))
+
+    with parlay.parallel_config(backend="threads"), joblib.Parallel(n_jobs=2) as outer:
+        assert outer(joblib.delayed(inner)(i) for i in range(5)) == [0, 0, 1, 3, 6]
+        assert outer(joblib.delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+def test_each_joblib_decision_is_logged_with_its_call_site(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        caplog.at_level(logging.DEBUG, logger="parlay.joblib"),
+        parlay.parallel_config(backend="threads"),
+    ):
+        forest(n_jobs=-1).fit(X, y)
+    messages = [r.getMessage() for r in caplog.records if r.name == "parlay.joblib"]
+    assert any("sklearn.ensemble" in m and "backend='threads'" in m for m in messages), messages
+
+
+def test_import_parlay_still_does_not_import_joblib() -> None:
+    import subprocess
+
+    code = "import sys, parlay; print('joblib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
