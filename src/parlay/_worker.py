@@ -146,8 +146,12 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
     """Run the tasks of `batch` under its context; catch and record each task's error.
 
     With ``remote=True`` (the worker is another process) each error carries its
-    formatted traceback as text, since traceback objects do not pickle.
+    formatted traceback as text, since traceback objects do not pickle, and the worker's
+    native thread pools are limited to the tasks' budget.
     """
+    budget = batch.context.nesting.budget
+    if remote and budget is not None:
+        _budget.BLAS.keep(budget)
     nesting_token = _budget.set_nesting(batch.context.nesting)
     layers_token = _config.set_layers(batch.context.layers)
     t0 = time.perf_counter()
@@ -175,13 +179,18 @@ def _run_tasks(batch: Batch, remote: bool) -> tuple[list[Any], dict[int, str | N
     append = values.append
     shared_func = None if isinstance(batch.func, list) else batch.func
     cancel = batch.cancel
+    # In a worker process, SystemExit and the like are the task's errors too (and travel
+    # back to the caller); in the caller's own threads they keep their meaning.
+    catch = BaseException if remote else Exception
     for offset, args in enumerate(batch.args):
         if cancel is not None and cancel.is_set():
             return values, errors, True
         func = shared_func if shared_func is not None else batch.func_of(offset)
         try:
             append(func(*args, **batch.kwargs[offset]))
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except catch as exc:
             append(exc)
             errors[offset] = "".join(traceback.format_exception(exc)) if remote else None
             if batch.stop_on_error:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, final
 
+from .._budget import thread_env
 from .._exceptions import WorkerDiedError
 from .._sharing import share_locally
 from .._worker import run_packed, unpack
@@ -45,8 +46,9 @@ def _describe_exit(exc: BaseException) -> str | None:
 class ProcessesSession(Session):
     """A loky executor, replaced by a fresh one after a worker dies or is killed."""
 
-    def __init__(self, n_workers: int) -> None:
+    def __init__(self, n_workers: int, budget: int) -> None:
         self.n_workers = n_workers
+        self._budget = budget
         self._lock = threading.Lock()
         self._executor: Any = None
 
@@ -56,7 +58,9 @@ class ProcessesSession(Session):
                 from loky import ProcessPoolExecutor
 
                 self._executor = ProcessPoolExecutor(
-                    max_workers=self.n_workers, timeout=IDLE_WORKER_TIMEOUT
+                    max_workers=self.n_workers,
+                    timeout=IDLE_WORKER_TIMEOUT,
+                    env=thread_env(self._budget),
                 )
             return self._executor
 
@@ -142,4 +146,4 @@ class ProcessesBackend(Backend):
     )
 
     def open(self, decision: Decision) -> Session:
-        return ProcessesSession(decision.n_jobs)
+        return ProcessesSession(decision.n_jobs, decision.inner_budget)

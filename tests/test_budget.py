@@ -1,0 +1,54 @@
+"""Native thread pools (BLAS, OpenMP) of worker processes within the budget of their tasks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from parlay import Parallel, delayed
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+np = pytest.importorskip("numpy")
+
+
+def blas_threads(pause: float = 0.0) -> int:
+    """The threads of the native pools loaded here (numpy's BLAS), 0 if none is loaded."""
+    import numpy  # noqa: F401  - loads the BLAS in a fresh worker
+
+    time.sleep(pause)
+    info = threadpoolctl.threadpool_info()
+    return max((pool["num_threads"] for pool in info), default=0)
+
+
+@pytest.fixture
+def original() -> int:
+    n = blas_threads()
+    if n == 0:
+        pytest.skip("no native thread pool is loaded")
+    if n < 2:
+        pytest.skip("the native thread pools already use one thread")
+    return n
+
+
+def test_process_workers_are_limited_to_their_budget(original: int) -> None:
+    decision = Parallel(n_jobs=2, backend="processes").explain()
+    out = Parallel(n_jobs=2, backend="processes")(delayed(blas_threads)() for _ in range(4))
+    assert set(out) == {min(original, decision.inner_budget)}
+    assert blas_threads() == original
+
+
+def test_inline_tasks_keep_the_callers_pools(original: int) -> None:
+    assert Parallel(n_jobs=1)(delayed(blas_threads)() for _ in range(2)) == [original] * 2
+
+
+def test_the_limiter_counts_references_and_restores(original: int) -> None:
+    from parlay._budget import BlasLimiter
+
+    limiter = BlasLimiter()
+    limiter.acquire(1)
+    limiter.acquire(1)
+    limiter.release(1)
+    assert blas_threads() == 1, "released while another holder still held the limit"
+    limiter.release(1)
+    assert blas_threads() == original
