@@ -1,0 +1,98 @@
+"""Nested parallelism: every outer backend x every kind of inner call, never a deadlock."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import parlay
+from parlay import Parallel, delayed, parallel_config
+
+sklearn = pytest.importorskip("sklearn")
+joblib = pytest.importorskip("joblib")
+
+from sklearn.datasets import make_classification  # noqa: E402
+from sklearn.ensemble import RandomForestClassifier  # noqa: E402
+
+X, y = make_classification(n_samples=120, n_features=6, random_state=0)
+
+
+def inner_parlay(i: int) -> tuple[int, int]:
+    decision = Parallel(n_jobs=-1).explain()
+    total = sum(Parallel(n_jobs=-1)(delayed(abs)(-j) for j in range(i + 3)))
+    return total, decision.n_jobs
+
+
+def inner_joblib(i: int) -> tuple[int, int]:
+    total = sum(joblib.Parallel(n_jobs=-1)(joblib.delayed(abs)(-j) for j in range(i + 3)))
+    return total, joblib.effective_n_jobs(-1)
+
+
+def inner_sklearn(i: int) -> tuple[float, int]:
+    model = RandomForestClassifier(n_estimators=4, max_depth=3, random_state=i, n_jobs=-1)
+    return float(model.fit(X, y).score(X, y)), 0
+
+
+INNER = {"parlay": inner_parlay, "joblib": inner_joblib, "sklearn": inner_sklearn}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("inner", sorted(INNER))
+def test_nested_calls_finish_on_every_backend(backend: str, inner: str) -> None:
+    func = INNER[inner]
+    with parallel_config(backend=backend):
+        out = Parallel(n_jobs=2, batch_size=1)(delayed(func)(i) for i in range(4))
+    if inner == "sklearn":
+        assert all(0.5 < score <= 1.0 for score, _ in out)
+    else:
+        assert [total for total, _ in out] == [sum(range(i + 3)) for i in range(4)]
+    if inner == "parlay" and backend not in ("sequential", "dask"):
+        # Inside a task, n_jobs=-1 is the task's share of the cores.
+        budget = max(1, parlay.cpu_count() // 2)
+        assert {n for _, n in out} == {budget}, out
+
+
+@pytest.mark.timeout(120)
+def test_one_worker_with_one_thread_does_not_deadlock_on_dask() -> None:
+    pytest.importorskip("distributed")
+    from parlay._backends.dask import EmbeddedCluster
+    from parlay.testing import nested_sum
+
+    cluster = EmbeddedCluster(1)
+    try:
+        with parallel_config(backend="dask", address=cluster.address):
+            out = Parallel(n_jobs=-1, batch_size=1)(delayed(nested_sum)(x, -1) for x in (3, 4))
+            fits = Parallel(n_jobs=-1)(delayed(inner_sklearn)(i) for i in range(2))
+        assert [total for total, _, _ in out] == [5, 14]
+        assert len(fits) == 2
+    finally:
+        parlay.shutdown()
+        cluster.close()
+
+
+def threads_of_tree() -> int:
+    import psutil
+
+    me = psutil.Process()
+    return me.num_threads() + sum(p.num_threads() for p in me.children(recursive=True))
+
+
+def blas_and_workers(_: int) -> tuple[int, int]:
+    import threadpoolctl
+
+    info = threadpoolctl.threadpool_info()
+    blas = max((pool["num_threads"] for pool in info), default=1)
+    return os.getpid(), blas
+
+
+def test_no_oversubscription_of_processes_and_blas() -> None:
+    np.dot(np.ones((10, 10)), np.ones((10, 10)))  # BLAS loaded here too
+    n_jobs = 2
+    out = Parallel(n_jobs=n_jobs, backend="processes")(
+        delayed(blas_and_workers)(i) for i in range(8)
+    )
+    workers = {pid for pid, _ in out}
+    per_task = max(blas for _, blas in out)
+    assert len(workers) * per_task <= max(parlay.cpu_count(), n_jobs), out
