@@ -25,6 +25,8 @@ _SINGLETON_CHILDREN = ("resource_tracker",)
 # and the event loop its synchronous clients share (a client that failed to connect leaves it).
 _SINGLETON_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "IO loop")
 _SHM_PREFIXES = ("parlay", "loky", "joblib", "psm_")
+# Set by pytest itself, and by importing joblib (which parallel_config does when installed).
+_ENV_SET_BY_IMPORTS = {"PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK"}
 # Processes and threads of the engines the test session starts once (a Dask LocalCluster,
 # a local Ray): they outlive single tests on purpose, so the leak check skips them and
 # their descendants (a restarted Dask worker is a new child of its nanny).
@@ -186,7 +188,7 @@ def no_leaks() -> Iterator[None]:
     env_changed = sorted(
         k
         for k in set(env_before) | set(os.environ)
-        if env_before.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST"
+        if env_before.get(k) != os.environ.get(k) and k not in _ENV_SET_BY_IMPORTS
     )
     problems = []
     if leaked_children:

@@ -52,3 +52,24 @@ def test_the_limiter_counts_references_and_restores(original: int) -> None:
     assert blas_threads() == 1, "released while another holder still held the limit"
     limiter.release(1)
     assert blas_threads() == original
+
+
+def test_inner_max_num_threads_is_the_users_last_word(original: int) -> None:
+    import warnings
+
+    from parlay import parallel_config
+
+    with parallel_config(inner_max_num_threads=1):
+        out = Parallel(n_jobs=1, backend="processes", timeout=30)(
+            delayed(blas_threads)() for _ in range(2)
+        )
+    assert set(out) == {1}
+    with (
+        pytest.warns(ResourceWarning, match="oversubscribed"),
+        parallel_config(inner_max_num_threads=original),
+    ):
+        Parallel(n_jobs=2, backend="processes")(delayed(blas_threads)() for _ in range(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with parallel_config(inner_max_num_threads=1):
+            Parallel(n_jobs=2, backend="processes")(delayed(blas_threads)() for _ in range(2))

@@ -11,6 +11,7 @@ import logging
 import numbers
 import re
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, final
@@ -164,6 +165,35 @@ def _check_batch_size(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"batch_size must be 'auto' or a positive int, got {value!r}")
     return int(value)
+
+
+def task_context(decision: Decision, caps: Capabilities, via: str = "") -> WorkerContext:
+    """Where the tasks of a call run: their nesting, budget, config and thread limit.
+
+    ``parallel_config(inner_max_num_threads=...)`` is the user's last word on the native
+    threads of each task (joblib's name); a value that oversubscribes the cores warns.
+    """
+    nesting = _budget.current_nesting()
+    if not caps.inline:
+        nesting = _budget.Nesting(
+            level=nesting.level + 1,
+            budget=decision.inner_budget,
+            parent=f"{decision.backend!r} with {decision.n_jobs} workers{via}",
+        )
+    threads = _config.resolve("inner_max_num_threads", UNSET, None).value
+    if threads is not None and not caps.inline and threads * decision.n_jobs > decision.cores:
+        warnings.warn(
+            f"inner_max_num_threads={threads} with {decision.n_jobs} workers asks for "
+            f"{threads * decision.n_jobs} threads on {decision.cores} cores: oversubscribed",
+            ResourceWarning,
+            stacklevel=4,
+        )
+    return WorkerContext(
+        nesting,
+        _config.current_layers(),
+        in_worker=not caps.inline,
+        native_threads=threads if threads is not None else nesting.budget,
+    )
 
 
 def _none_to_unset(value: object) -> object:
@@ -347,18 +377,11 @@ class Parallel:
         decision, backend, session, private = self._open()
         owns_session = private and self._managed is None
         caps = backend.capabilities
-        nesting = _budget.current_nesting()
-        if not caps.inline:
-            nesting = _budget.Nesting(
-                level=nesting.level + 1,
-                budget=decision.inner_budget,
-                parent=f"{decision.backend!r} with {decision.n_jobs} workers",
-            )
         call = Call(
             iterable,
             session=session,
             capabilities=caps,
-            context=WorkerContext(nesting, _config.current_layers(), in_worker=not caps.inline),
+            context=task_context(decision, caps),
             batch_size=self._batch_size,
             pre_dispatch=_pre_dispatch_batches(self._pre_dispatch, decision.n_jobs),
             timeout=self._timeout,

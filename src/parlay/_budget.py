@@ -199,6 +199,8 @@ class BlasLimiter:
                 self._held.remove(self._kept)
             self._kept = n_threads
             self._held.append(n_threads)
+            # Libraries a task loads later read these when they load.
+            os.environ.update({name: str(n_threads) for name in THREAD_ENV_VARS})
             self._apply()
 
     def _apply(self) -> None:

@@ -54,6 +54,8 @@ class WorkerContext:
     # The tasks run in a worker (not inline in the caller): joblib calls they make are
     # routed to parlay there, so that they get the task's budget (see parlay.joblib).
     in_worker: bool = False
+    # Threads each task's native pools (BLAS, OpenMP) may use in a worker process.
+    native_threads: int | None = None
 
 
 @dataclass(slots=True)
@@ -149,9 +151,9 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
     formatted traceback as text, since traceback objects do not pickle, and the worker's
     native thread pools are limited to the tasks' budget.
     """
-    budget = batch.context.nesting.budget
-    if remote and budget is not None:
-        _budget.BLAS.keep(budget)
+    native_threads = batch.context.native_threads
+    if remote and native_threads is not None:
+        _budget.BLAS.keep(native_threads)
     nesting_token = _budget.set_nesting(batch.context.nesting)
     layers_token = _config.set_layers(batch.context.layers)
     t0 = time.perf_counter()

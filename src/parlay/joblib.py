@@ -31,8 +31,8 @@ from joblib import parallel_config as _joblib_parallel_config
 from joblib import register_parallel_backend
 from joblib._parallel_backends import ParallelBackendBase
 
-from . import _backends, _budget, _config
-from ._api import Parallel, remember_decision
+from . import _backends, _budget
+from ._api import Parallel, remember_decision, task_context
 from ._backends._base import Session
 from ._batching import BatchSizer
 from ._negotiate import Decision
@@ -104,18 +104,11 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         private = decision.nesting_level > 0
         session = _backends.acquire_session(backend, decision, cached=not private)
         caps = backend.capabilities
-        nesting = _budget.current_nesting()
-        if not caps.inline:
-            nesting = _budget.Nesting(
-                level=nesting.level + 1,
-                budget=decision.inner_budget,
-                parent=f"{decision.backend!r} with {decision.n_jobs} workers (via joblib)",
-            )
         state = _CallState(
             decision,
             session,
             private,
-            WorkerContext(nesting, _config.current_layers(), in_worker=not caps.inline),
+            task_context(decision, caps, via=" (via joblib)"),
             BatchSizer(None, target=caps.batch_seconds, n_workers=decision.n_jobs, timeout=None),
         )
         self._calls.append(state)
