@@ -101,6 +101,22 @@ class BridgedFuture(Future[Any]):
         else:
             self.set_result(value)
 
+    def follow(
+        self,
+        source: Future[Any],
+        convert: Callable[[Any], Any],
+        map_error: Callable[[BaseException], BaseException],
+    ) -> None:
+        """Settle with ``convert`` of what a ``concurrent.futures`` source gives, once done."""
+
+        def _done(done: Future[Any]) -> None:
+            if done.cancelled():
+                self.source_cancelled()
+            else:
+                self.settle(lambda: convert(done.result()), map_error)
+
+        source.add_done_callback(_done)
+
 
 class Session(abc.ABC):
     """An open pool of workers, reused by many calls (possibly from several threads).

@@ -87,17 +87,11 @@ class ProcessesSession(Session):
                 if attempt == 2:
                     raise
         target = BridgedFuture(source, source.cancel)
-
-        def _done(done: Future[bytes]) -> None:
-            if done.cancelled():
-                target.source_cancelled()
-            else:
-                target.settle(
-                    lambda: unpack(done.result(), batch),
-                    lambda error: self._map_error(error, batch, executor),
-                )
-
-        source.add_done_callback(_done)
+        target.follow(
+            source,
+            lambda data: unpack(data, batch),
+            lambda error: self._map_error(error, batch, executor),
+        )
         return target
 
     def _map_error(self, error: BaseException, batch: Batch, executor: Any) -> BaseException:

@@ -171,17 +171,9 @@ class RaySession(Session):
         ref = _remote_run().remote(payload, *shared)
         source = ref.future()
         target = BridgedFuture(ref, lambda: ray.cancel(ref))
-
-        def _done(done: Future[bytes]) -> None:
-            if done.cancelled():
-                target.source_cancelled()
-            else:
-                target.settle(
-                    lambda: unpack(done.result(), batch),
-                    lambda error: self._map_error(error, batch),
-                )
-
-        source.add_done_callback(_done)
+        target.follow(
+            source, lambda data: unpack(data, batch), lambda error: self._map_error(error, batch)
+        )
         return target
 
     def _map_error(self, error: BaseException, batch: Batch) -> BaseException:
