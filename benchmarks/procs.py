@@ -4,9 +4,9 @@
   :func:`session_members`, make sure no worker outlives its cell, whether the
   cell finished, hung, or crashed.
 * :class:`MemorySampler` runs a daemon thread that samples, every few
-  milliseconds, the summed RSS of this process, all its descendants and the
-  rest of its session, and the machine-wide used memory (``total -
-  available``), and keeps the peaks.
+  milliseconds, the summed RSS and thread count of this process, all its
+  descendants and the rest of its session, and the machine-wide used memory
+  (``total - available``), and keeps the peaks.
 """
 
 from __future__ import annotations
@@ -83,24 +83,28 @@ def tree(root: psutil.Process, extra: Sequence[psutil.Process] = ()) -> list[psu
     return procs + [proc for proc in extra if proc.pid not in seen]
 
 
-def usage(procs: Sequence[psutil.Process], cpu: dict[psutil.Process, float]) -> int:
-    """Summed RSS in bytes of ``procs``; records each one's CPU seconds in ``cpu``.
+def usage(procs: Sequence[psutil.Process], cpu: dict[psutil.Process, float]) -> tuple[int, int]:
+    """Summed RSS in bytes and summed thread count of ``procs``.
 
+    Records each one's CPU seconds in ``cpu``.
     The CPU time of a process includes its reaped children's. Kept per
     process, so a process that dies later still counts with its last value
     (Ray's raylet ignores SIGCHLD: its dead workers' CPU time is lost to
     ``children_user``).
     """
-    total = 0
+    total = threads = 0
     for proc in procs:
         try:
             with proc.oneshot():
-                total += proc.memory_info().rss
+                rss = proc.memory_info().rss
                 t = proc.cpu_times()
+                n = proc.num_threads()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+        total += rss
+        threads += n
         cpu[proc] = t.user + t.system + t.children_user + t.children_system
-    return total
+    return total, threads
 
 
 def machine_busy() -> float:
@@ -170,7 +174,7 @@ def name_of(proc: psutil.Process) -> str:
 
 
 class MemorySampler:
-    """Sample tree RSS and machine memory in a background thread.
+    """Sample tree RSS, tree thread count and machine memory in a background thread.
 
     Use as a context manager around the measured calls; the baseline is taken
     on entry, so inputs prepared before entering do not count as "extra".
@@ -198,6 +202,8 @@ class MemorySampler:
         self.machine_baseline = 0
         self.machine_peak = 0
         self.processes_max = 0
+        self.threads_baseline = 0
+        self.threads_peak = 0
         self.names: dict[int, str] = {}
         self._cpu_start = (0.0, 0.0)
         self._cpu0: dict[psutil.Process, float] = {}
@@ -216,9 +222,12 @@ class MemorySampler:
         return procs
 
     def _sample(self) -> None:
-        tree_now = usage(self._procs(), self._cpu)
+        tree_now, threads = usage(self._procs(), self._cpu)
+        if self._thread is not None and threading.current_thread() is self._thread:
+            threads -= 1  # the sampler's own thread is not the workload's
         used = machine_used()
         self.tree_peak = max(self.tree_peak, tree_now)
+        self.threads_peak = max(self.threads_peak, threads)
         self.machine_peak = max(self.machine_peak, used)
         self.samples += 1
 
@@ -228,7 +237,8 @@ class MemorySampler:
 
     def start(self) -> MemorySampler:
         """Take the baseline and start sampling."""
-        self.tree_baseline = self.tree_peak = usage(self._procs(), self._cpu0)
+        self.tree_baseline, self.threads_baseline = usage(self._procs(), self._cpu0)
+        self.tree_peak, self.threads_peak = self.tree_baseline, self.threads_baseline
         self._cpu = dict(self._cpu0)
         self.machine_baseline = self.machine_peak = machine_used()
         self._cpu_start = (time.monotonic(), machine_busy())
@@ -276,6 +286,8 @@ class MemorySampler:
             ),
             "samples": self.samples,
             "processes_max": self.processes_max,
+            "threads_baseline": self.threads_baseline,
+            "threads_peak": self.threads_peak,
             "process_names": sorted(set(self.names.values())),
             "foreign_cpu_share": (
                 None if self.foreign_cpu_share is None else round(self.foreign_cpu_share, 3)
