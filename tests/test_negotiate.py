@@ -135,6 +135,14 @@ def test_inner_budget_splits_the_cores(workers: int, cores: int, inner: int) -> 
     assert run(n_jobs=workers, cores=cores, backend="processes").inner_budget == inner
 
 
+def test_an_explicit_inner_n_jobs_over_the_budget_is_kept_and_flagged() -> None:
+    decision = run(n_jobs=3, nesting=NESTED_1)
+    assert (decision.backend, decision.n_jobs, decision.oversubscribed) == ("threads", 3, True)
+    assert "oversubscribed" in str(decision)
+    assert not run(n_jobs=-1, nesting=NESTED_4).oversubscribed
+    assert not run(n_jobs=16, cores=8).oversubscribed  # top level: the user's own choice
+
+
 def test_inline_keeps_the_budget_for_its_tasks() -> None:
     assert run(n_jobs=1, cores=8).inner_budget == 8
 

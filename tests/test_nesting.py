@@ -72,6 +72,18 @@ def test_one_worker_with_one_thread_does_not_deadlock_on_dask() -> None:
         cluster.close()
 
 
+def explicit_inner(_: int) -> int:
+    return sum(Parallel(n_jobs=4, backend="threads")(delayed(abs)(-i) for i in range(3)))
+
+
+def test_an_explicit_inner_n_jobs_over_the_budget_warns() -> None:
+    with pytest.warns(ResourceWarning, match="oversubscribe"):
+        out = Parallel(n_jobs=parlay.cpu_count(), backend="threads")(
+            delayed(explicit_inner)(i) for i in range(2)
+        )
+    assert out == [3, 3]
+
+
 def threads_of_tree() -> int:
     import psutil
 

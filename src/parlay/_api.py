@@ -366,6 +366,13 @@ class Parallel:
             return self._managed
         decision, backend = self._negotiate()
         remember_decision(decision)
+        if decision.oversubscribed:
+            warnings.warn(
+                f"Parallel(n_jobs={decision.requested_n_jobs}) inside a task whose budget is "
+                f"{decision.cores} core(s): {decision.n_jobs} workers oversubscribe the cores",
+                ResourceWarning,
+                stacklevel=3,
+            )
         cached = decision.nesting_level == 0
         session = _backends.acquire_session(backend, decision, cached=cached)
         if self._verbose:

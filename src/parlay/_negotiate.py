@@ -90,6 +90,8 @@ class Decision:
         0 at top level, 1 inside a task, ...
     requested_n_jobs : int
         n_jobs as asked (``-1``...), before counting cores: a cluster counts its own.
+    oversubscribed : bool
+        An explicit n_jobs asked for more workers than the cores of the budget.
     """
 
     backend: str
@@ -100,6 +102,7 @@ class Decision:
     cores: int = 1
     nesting_level: int = 0
     requested_n_jobs: int = 1
+    oversubscribed: bool = False
 
     def __str__(self) -> str:
         plural = "worker" if self.n_jobs == 1 else "workers"
@@ -142,12 +145,20 @@ def decide(
         backend, rule = _one_worker(backend, rule, caps, hints.timeout, reasons)
         caps = capabilities(backend)
 
+    oversubscribed = nested and not caps.inline and not caps.distributed and workers > cores
+    if oversubscribed:
+        reasons.append(
+            f"n_jobs={n_jobs} asks for {workers} workers where the budget is {cores}: "
+            "the user's explicit value is kept, and the cores are oversubscribed"
+        )
     inner = cores if caps.inline else split_budget(cores, workers)
     reasons.append(
         f"each task may use {inner} core{'s' if inner != 1 else ''} for its own "
         "parallel work (nested calls)"
     )
-    return Decision(backend, workers, rule, tuple(reasons), inner, cores, nesting.level, n_jobs)
+    return Decision(
+        backend, workers, rule, tuple(reasons), inner, cores, nesting.level, n_jobs, oversubscribed
+    )
 
 
 def _one_worker(
