@@ -23,7 +23,7 @@ BACKENDS = ["sequential", "threads", "processes", "dask", "ray"]
 _SINGLETON_CHILDREN = ("resource_tracker",)
 # Threads that engines start once per interpreter and keep: distributed's callback pool,
 # and the event loop its synchronous clients share (a client that failed to connect leaves it).
-_SINGLETON_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "IO loop")
+_SINGLETON_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "IO loop", "tqdm_monitor")
 _SHM_PREFIXES = ("parlay", "loky", "joblib", "psm_")
 # Set by pytest itself, and by importing joblib (which parallel_config does when installed).
 _ENV_SET_BY_IMPORTS = {"PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK"}

@@ -34,6 +34,8 @@ from ._exceptions import RemoteTraceback as RemoteTraceback
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import TaskTimeoutError as TaskTimeoutError
 from ._exceptions import WorkerDiedError as WorkerDiedError
+from ._instrument import CallInfo as CallInfo
+from ._instrument import Instrument as Instrument
 from ._negotiate import Decision as Decision
 from ._worker import Batch as Batch
 from ._worker import BatchResult as BatchResult
@@ -45,8 +47,10 @@ __all__ = [
     "BackendUnavailableError",
     "Batch",
     "BatchResult",
+    "CallInfo",
     "Capabilities",
     "Decision",
+    "Instrument",
     "InternalError",
     "Parallel",
     "ParlayError",

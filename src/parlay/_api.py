@@ -19,6 +19,7 @@ from typing import Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, final
 from . import _backends, _budget, _config
 from ._backends._base import Backend, Capabilities, Session
 from ._config import UNSET
+from ._instrument import Dispatcher, Instrument, ProgressBar
 from ._negotiate import CallHints, Decision, UserContext, decide
 from ._runner import Call
 from ._worker import WorkerContext
@@ -249,6 +250,12 @@ class Parallel:
         Return a task's exception in place of its result instead of raising it, so
         the other results are kept. Errors of the pool itself (a dead worker, a
         timeout) are still raised.
+    progress : bool, optional
+        Show a progress bar of completed tasks (tqdm; ``pip install "parlay[progress]"``),
+        with ``n_jobs=1`` too. Unset, the context's ``parallel_config(progress=...)``.
+    instruments : iterable of Instrument, optional
+        Objects that receive the call's events (see :class:`parlay.Instrument`), with
+        those of the context.
 
     Examples
     --------
@@ -276,6 +283,8 @@ class Parallel:
         require: Literal["sharedmem"] | None = None,
         *,
         return_exceptions: bool = False,
+        progress: bool | None = None,
+        instruments: Iterable[Instrument] = (),
     ) -> None:
         n_jobs_arg = _none_to_unset(n_jobs)
         self._n_jobs = n_jobs_arg if n_jobs_arg is UNSET else _config.check_n_jobs(n_jobs_arg)
@@ -296,6 +305,8 @@ class Parallel:
         if not isinstance(return_exceptions, bool):
             raise TypeError(f"return_exceptions must be a bool, got {return_exceptions!r}")
         self._return_exceptions = return_exceptions
+        self._progress = UNSET if progress is None else _config.check_bool(progress, "progress")
+        self._extra_instruments = _config.check_instruments(instruments)
         self._managed: tuple[Decision, Backend, Session, bool] | None = None
 
     # -- the negotiation ----------------------------------------------------------------
@@ -395,6 +406,9 @@ class Parallel:
             return_exceptions=self._return_exceptions,
             max_nbytes=self._max_nbytes,
             check_task=check_task,
+            instruments=self._instruments(),
+            backend_name=decision.backend,
+            nesting_level=decision.nesting_level,
             on_close=session.close if owns_session else None,
         )
         call.start()
@@ -403,6 +417,16 @@ class Parallel:
         if self._return_as == "generator":
             return call.results_ordered()
         return call.results_unordered()
+
+    def _instruments(self) -> Dispatcher | None:
+        """The instruments of this call: its own, the context's, and a progress bar."""
+        instruments = list(self._extra_instruments)
+        for layer in _config.current_layers():
+            instruments.extend(layer.values.get("instruments", ()))
+        top_level = _budget.current_nesting().level == 0
+        if top_level and _config.resolve("progress", self._progress, False).value:
+            instruments.append(ProgressBar())
+        return Dispatcher(instruments) if instruments else None
 
     def __enter__(self) -> Parallel:
         """Fix the decision and hold one session for every call in the block."""

@@ -85,6 +85,28 @@ def check_choice(value: object, name: str, allowed: tuple[object, ...]) -> Any:
     return value
 
 
+def check_bool(value: object, name: str) -> bool:
+    """Validate a bool parameter."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_instruments(value: object) -> tuple[Any, ...]:
+    """Validate instruments: an iterable of parlay.Instrument objects."""
+    from ._instrument import Instrument
+
+    items = (value,) if isinstance(value, Instrument) else value
+    try:
+        instruments: tuple[Any, ...] = tuple(items)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"instruments must be parlay.Instrument objects, got {value!r}") from None
+    for item in instruments:
+        if not isinstance(item, Instrument):
+            raise TypeError(f"instruments must be parlay.Instrument objects, got {item!r}")
+    return instruments
+
+
 def check_verbose(value: object) -> int:
     """Validate verbose: a non-negative int (joblib's scale; bools are accepted as 0/1)."""
     if not isinstance(value, numbers.Integral):
@@ -215,6 +237,10 @@ class parallel_config:
         Threads allowed to native (BLAS/OpenMP) pools in each worker.
     max_nbytes, temp_folder, mmap_mode
         joblib's large-argument settings, accepted so joblib code runs unchanged.
+    progress : bool, optional
+        A progress bar of completed tasks for every call in the block.
+    instruments : iterable of Instrument, optional
+        Objects that receive the events of every call in the block.
     **backend_params
         Options for the backend (for example a cluster address); they need ``backend``.
 
@@ -240,6 +266,8 @@ class parallel_config:
         max_nbytes: object = UNSET,
         temp_folder: object = UNSET,
         mmap_mode: object = UNSET,
+        progress: object = UNSET,
+        instruments: object = UNSET,
         **backend_params: Any,
     ) -> None:
         checks: dict[str, Callable[[Any], object]] = {
@@ -254,6 +282,8 @@ class parallel_config:
             "max_nbytes": check_max_nbytes,
             "temp_folder": check_temp_folder,
             "mmap_mode": lambda v: check_choice(v, "mmap_mode", MMAP_MODES),
+            "progress": lambda v: check_bool(v, "progress"),
+            "instruments": check_instruments,
         }
         given = {
             "backend": backend,
@@ -265,6 +295,8 @@ class parallel_config:
             "max_nbytes": max_nbytes,
             "temp_folder": temp_folder,
             "mmap_mode": mmap_mode,
+            "progress": progress,
+            "instruments": instruments,
         }
         values = {k: checks[k](v) for k, v in given.items() if v is not UNSET}
         if backend_params and (backend is UNSET or backend is None):

@@ -43,6 +43,7 @@ from typing import Any
 from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
 from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
+from ._instrument import CallInfo, Dispatcher
 from ._sharing import CallShares
 from ._worker import Batch, BatchResult, WorkerContext, batch_of, describe_task
 
@@ -75,6 +76,9 @@ class Call:
         max_nbytes: int | None,
         check_task: Callable[[Any, int], tuple[Any, ...]],
         on_close: Callable[[], None] | None = None,
+        instruments: Dispatcher | None = None,
+        backend_name: str = "",
+        nesting_level: int = 0,
     ) -> None:
         self._session = session
         self._capabilities = capabilities
@@ -107,6 +111,8 @@ class Call:
         self._cancel = threading.Event()
         self._shares = None if max_nbytes is None else CallShares(max_nbytes)
         self._blocking = session.blocking()
+        self._events = instruments if instruments is not None and instruments.active else None
+        self._info = CallInfo(backend_name, self._n_workers, self._remaining, nesting_level)
         self._n_tasks = 0
         self._t0 = time.perf_counter()
         self._closed = False
@@ -116,6 +122,8 @@ class Call:
     def start(self) -> None:
         """Send the first batches (up to pre_dispatch); later ones go as results return."""
         self._blocking.__enter__()
+        if self._events is not None:
+            self._events.emit("call_started", self._info)
         try:
             self._fill()
         except BaseException:
@@ -233,6 +241,7 @@ class Call:
     def _outcomes(self) -> Generator[tuple[Batch, BatchResult], None, None]:
         """Yield each finished batch with its result, in completion order, refilling."""
         kill = False
+        error: BaseException | None = None
         try:
             while self._inflight:
                 seq = self._next_done()
@@ -250,31 +259,39 @@ class Call:
                     raise self._timeout_error(record.batch)
                 self._n_tasks += len(result.values)
                 self._sizer.observe(len(result.values), result.elapsed)
+                if self._events is not None:
+                    self._events.emit(
+                        "batch_finished", self._info, len(result.values), result.worker,
+                        result.elapsed,
+                    )  # fmt: skip
                 self._fill()
                 yield record.batch, result
-        except (TaskTimeoutError, KeyboardInterrupt):
-            kill = True
+        except (TaskTimeoutError, KeyboardInterrupt) as exc:
+            kill, error = True, exc
             raise
         except BaseException as exc:
             kill = not isinstance(exc, Exception | GeneratorExit)
+            error = exc
             raise
         finally:
             if self._inflight or not self._exhausted:
-                self._abort(kill=kill)
-            self._close()
+                self._abort(kill=kill, error=error)
+            self._close(error)
 
-    def _abort(self, *, kill: bool) -> None:
+    def _abort(self, *, kill: bool, error: BaseException | None = None) -> None:
         self._cancel.set()
         futures = [record.future for record in self._inflight.values()]
         self._inflight.clear()
         if futures:
             self._session.cancel(futures, kill=kill)
-        self._close()
+        self._close(error)
 
-    def _close(self) -> None:
+    def _close(self, error: BaseException | None = None) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._events is not None:
+            self._events.emit("call_finished", self._info, error)
         if self._shares is not None:
             self._shares.clear()
         self._blocking.__exit__(None, None, None)
@@ -312,8 +329,10 @@ class Call:
         try:
             yield outcomes
         except BaseException as exc:
-            if not isinstance(exc, Exception | GeneratorExit):
-                self._abort(kill=True)  # Ctrl-C while the consumer held control
+            if not isinstance(exc, GeneratorExit):
+                # A task error raised by the consumer, or Ctrl-C while it held control:
+                # stop now and tell the instruments why.
+                self._abort(kill=not isinstance(exc, Exception), error=exc)
             raise
         finally:
             outcomes.close()

@@ -213,7 +213,15 @@ def describe_task(func: Callable[..., Any], index: int) -> str:
 def _sendable(batch: Batch) -> Batch:
     # Carried config layers drop backend parameters: they may hold live objects (a
     # client, a connection) that belong to the caller's process.
-    layers = tuple(replace(layer, backend_params={}) for layer in batch.context.layers)
+    # Instruments stay with the caller too: events are the caller's.
+    layers = tuple(
+        replace(
+            layer,
+            backend_params={},
+            values={k: v for k, v in layer.values.items() if k != "instruments"},
+        )
+        for layer in batch.context.layers
+    )
     return replace(batch, cancel=None, shares=None, context=replace(batch.context, layers=layers))
 
 

@@ -1,0 +1,95 @@
+"""Instruments and the progress bar, on every backend."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from parlay import CallInfo, Instrument, Parallel, delayed, parallel_config
+from parlay.testing import raise_at, square
+
+
+class Recorder(Instrument):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: list[CallInfo] = []
+        self.done = 0
+        self.finished: list[BaseException | None] = []
+
+    def call_started(self, call: CallInfo) -> None:
+        self.started.append(call)
+
+    def batch_finished(self, call: CallInfo, n_tasks: int, worker: str, elapsed: float) -> None:
+        with self.lock:
+            self.done += n_tasks
+
+    def call_finished(self, call: CallInfo, error: BaseException | None) -> None:
+        self.finished.append(error)
+
+
+def test_events_count_every_completed_task(backend: str) -> None:
+    recorder = Recorder()
+    out = Parallel(n_jobs=2, backend=backend, instruments=[recorder])(
+        delayed(square)(i) for i in range(500)
+    )
+    assert out == [i * i for i in range(500)]
+    assert recorder.done == 500
+    assert [c.backend for c in recorder.started] == [backend]
+    assert recorder.finished == [None]
+
+
+def test_the_context_attaches_instruments_and_errors_reach_them() -> None:
+    recorder = Recorder()
+    with (
+        parallel_config(instruments=[recorder]),
+        pytest.raises(ValueError, match="failed on purpose"),
+    ):
+        Parallel(n_jobs=2, backend="threads")(delayed(raise_at)(i, 3) for i in range(10))
+    assert len(recorder.finished) == 1
+    assert isinstance(recorder.finished[0], ValueError)
+
+
+class Broken(Instrument):
+    calls = 0
+
+    def batch_finished(self, call: CallInfo, n_tasks: int, worker: str, elapsed: float) -> None:
+        Broken.calls += 1
+        raise RuntimeError("this instrument is broken")
+
+
+def test_a_failing_instrument_is_detached_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    Broken.calls = 0
+    with caplog.at_level(logging.ERROR, logger="parlay._instrument"):
+        out = Parallel(n_jobs=2, backend="threads", batch_size=1, instruments=[Broken()])(
+            delayed(square)(i) for i in range(20)
+        )
+    assert out == [i * i for i in range(20)]
+    assert Broken.calls == 1, "the instrument was called again after it failed"
+    assert "detached" in caplog.text
+    assert "this instrument is broken" in caplog.text
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_progress_bar_counts_completed_tasks(
+    n_jobs: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tqdm")
+    tasks = [delayed(square)(i) for i in range(37)]
+    Parallel(n_jobs=n_jobs, backend="threads", progress=True)(tasks)
+    err = capsys.readouterr().err
+    assert "37/37" in err
+    assert "100%" in err
+    with parallel_config(progress=True):
+        Parallel(n_jobs=n_jobs)(delayed(square)(i) for i in range(12))
+    assert "12task" in capsys.readouterr().err  # a generator has no length: a count
+
+
+def test_bad_instruments_are_rejected() -> None:
+    with pytest.raises(TypeError, match="instruments"):
+        Parallel(instruments=[object()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="progress"):
+        Parallel(progress="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="instruments"):
+        parallel_config(instruments=3)
