@@ -103,7 +103,10 @@ def main() -> None:
             lambda: Parallel(n_jobs=-1)(delayed(nested)(s) for s in range(8)),
         )
 
-    print("\n4. Errors you can act on")
+    print("\n4. A progress bar of completed tasks, on any backend")
+    Parallel(n_jobs=-1, progress=True)(delayed(python_work)(300_000) for _ in range(24))
+
+    print("\n5. Errors you can act on")
     try:
         Parallel(n_jobs=-1)(delayed(failing)(i) for i in range(20))
     except ValueError as exc:
