@@ -104,7 +104,7 @@ def main() -> None:
         )
 
     print("\n4. A progress bar of completed tasks, on any backend")
-    Parallel(n_jobs=-1, progress=True)(delayed(python_work)(300_000) for _ in range(24))
+    Parallel(n_jobs=-1, progress=True)([delayed(python_work)(300_000) for _ in range(24)])
 
     print("\n5. Errors you can act on")
     try:
