@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, NoReturn
 
-import benchmarks.clusters  # noqa: F401  (registers the cluster systems)
+import benchmarks.clusters  # registers the cluster systems
+import benchmarks.libraries  # noqa: F401  (registers joblib's and parlay's systems)
 from benchmarks.context import Context, Options
 from benchmarks.procs import kill_tree
 from benchmarks.scenarios import WORKLOADS
@@ -111,7 +112,17 @@ def versions(system_version: str | None) -> dict[str, str | None]:
     Read from the installed metadata, so nothing is imported for it.
     """
     out: dict[str, str | None] = {"python": platform.python_version(), "system": system_version}
-    for name in ("numpy", "psutil", "joblib", "loky", "parlay", "dask", "distributed", "ray"):
+    for name in (
+        "numpy",
+        "psutil",
+        "joblib",
+        "loky",
+        "parlay",
+        "dask",
+        "distributed",
+        "ray",
+        "scikit-learn",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

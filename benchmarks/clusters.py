@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from benchmarks.systems import _Joblib, _Parlay, register
+from benchmarks.libraries import _Joblib, _Parlay
+from benchmarks.systems import register
 
 
 def _quiet_ray() -> None:

@@ -63,11 +63,25 @@ def time_calls(
     check: Callable[[list[Any]], None],
     *,
     chunksize: int = 1,
+    calls: int | None = None,
 ) -> dict[str, Any]:
-    """Run the same call ``repeat`` times under the memory sampler.
+    """Time ``adapter.run(fn, args)``: see :func:`time_repeated`."""
+    return time_repeated(
+        ctx, lambda: adapter.run(fn, args, chunksize=chunksize), check, calls=calls
+    )
+
+
+def time_repeated(
+    ctx: Context,
+    call: Callable[[], Any],
+    check: Callable[[Any], None],
+    *,
+    calls: int | None = None,
+) -> dict[str, Any]:
+    """Run ``call()`` ``calls`` times (default ``repeat``) under the memory sampler.
 
     Inputs are made before this is called, so they are part of the memory
-    baseline and not of the "extra" memory. Each call's results go through
+    baseline and not of the "extra" memory. Each call's result goes through
     ``check`` (outside the timed region), so a wrong answer fails the cell.
     If the next call would likely end after ``options.deadline`` (judging by
     the slowest call so far), the calls stop there and ``calls_cut`` says how
@@ -75,14 +89,15 @@ def time_calls(
     """
     times: list[float] = ctx.record.setdefault("times_s", [])
     deadline = ctx.options.deadline
+    asked = ctx.options.repeat if calls is None else calls
     with sampling(ctx) as sampler:
-        for r in range(ctx.options.repeat):
+        for r in range(asked):
             if times and deadline is not None and time.monotonic() + max(times) > deadline:
-                ctx.record["calls_cut"] = {"made": r, "asked": ctx.options.repeat}
+                ctx.record["calls_cut"] = {"made": r, "asked": asked}
                 break
-            with ctx.guard(f"call {r + 1}/{ctx.options.repeat}"):
+            with ctx.guard(f"call {r + 1}/{asked}"):
                 start = time.perf_counter()
-                out = adapter.run(fn, args, chunksize=chunksize)
+                out = call()
                 times.append(time.perf_counter() - start)
             check(out)
     return {"times_s": times, "memory": sampler.report()}

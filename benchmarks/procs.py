@@ -186,6 +186,8 @@ class MemorySampler:
     sample, plus (in a cell that leads its session) the other processes of
     the session, looked up every :data:`SESSION_REFRESH_S` seconds: so the
     daemons of a cluster engine count even if they are not descendants.
+    The thread count of a sample is summed over the same processes and
+    leaves the sampler's own thread out.
     """
 
     def __init__(self, interval: float = 0.01) -> None:

@@ -1,8 +1,8 @@
 """Markdown tables from the cells' JSON records.
 
-Four tables: the call time (or the fault summary) of every cell, ratios
-between pairs of systems, the engines' start-up time, and the peak extra
-memory during the measured calls.
+Six tables: the call time (or the fault summary) of every cell, ratios
+between pairs of systems, ratios to ``serial``, the engines' start-up time,
+and the peak extra memory and peak thread count during the measured calls.
 """
 
 from __future__ import annotations
@@ -13,26 +13,30 @@ from typing import Any
 Record = dict[str, Any]
 
 #: Default ratio columns "a/b": a's value divided by b's (below 1: a is faster).
+#: ``best`` stands for the row's fastest incumbent (any system but serial and parlay's).
+#: Every system's ratio to serial has a table of its own.
 DEFAULT_RATIOS = (
+    "parlay-default/best",
     "parlay-processes/joblib-loky",
     "parlay-threads/joblib-threading",
     "parlay-processes/cf-processes",
     "parlay-threads/cf-threads",
     "parlay-dask/joblib-dask",
     "parlay-ray/joblib-ray",
-    "parlay-sequential/serial",
-    "parlay-processes/serial",
-    "parlay-threads/serial",
-    "joblib-loky/serial",
-    "cf-processes/serial",
 )
+BEST = "best"
+#: Rows whose cells show the peak thread count beside the time.
+THREAD_ROWS = ("W5", "W6")
 
 TITLES = {
     "import": "import (ms)",
+    "W0": "W0 ms/call",
     "W1": "W1 µs/task",
     "W2": "W2 s",
     "W3": "W3 s",
     "W4": "W4 s",
+    "W5": "W5 s",
+    "W6": "W6 s",
     "F1": "F1 ValueError",
     "F2": "F2 os._exit",
     "F3": "F3 timeout=2",
@@ -140,6 +144,9 @@ def cell_text(rec: Record | None) -> str:
     cut = rec.get("calls_cut")
     if cut:
         body += f" ({cut['made']} of {cut['asked']} calls)"
+    threads = (rec.get("memory") or {}).get("threads_peak")
+    if rec["workload"] in THREAD_ROWS and threads is not None:
+        body += f" · {threads} thr"
     if rec["workload"] == "import":
         heavy = rec.get("import", {}).get("heavy_modules_loaded", [])
         if heavy:
@@ -173,6 +180,28 @@ def main_table(records: Sequence[Record], workloads: Sequence[str], systems: Seq
     return table(["workload", *systems], rows)
 
 
+def incumbent(system: str) -> bool:
+    """True for the systems parlay is compared with (not serial, not parlay's)."""
+    return system != "serial" and not system.startswith("parlay-")
+
+
+def best_incumbent(
+    cells: dict[tuple[str, str], Record], workload: str, systems: Sequence[str]
+) -> str | None:
+    """The incumbent with the smallest value in a row, among those that ran."""
+    ran = [(v, s) for s in systems if incumbent(s) and (v := primary(cells.get((workload, s))))]
+    return min(ran)[1] if ran else None
+
+
+def ratio_text(recs: Sequence[Record | None], note: str = "") -> str:
+    """``a/b`` of two cells' values, flagged if either was disturbed; a dash if one is missing."""
+    a, b = (primary(r) for r in recs)
+    if a is None or not b:
+        return DASH
+    flag = BUSY_MARK if any(busy(r) for r in recs if r is not None) else ""
+    return f"{a / b:.2f}{TIMES}{flag}{note}"
+
+
 def ratio_table(
     records: Sequence[Record],
     workloads: Sequence[str],
@@ -181,22 +210,36 @@ def ratio_table(
 ) -> str:
     """Ratios a/b of the primary values, for the pairs whose systems both ran."""
     cells = index(records)
-    usable = [p for p in pairs if all(s in systems for s in p.split("/"))]
+    usable = [p for p in pairs if all(s in (*systems, BEST) for s in p.split("/"))]
     if not usable:
         return "(no ratio column: none of its system pairs was run)"
     rows = []
     for w in workloads:
         row = [TITLES.get(w, w)]
         for pair in usable:
-            recs = [cells.get((w, s)) for s in pair.split("/")]
-            a, b = (primary(r) for r in recs)
-            if a is None or not b:
-                row.append(DASH)
-                continue
-            flag = BUSY_MARK if any(busy(r) for r in recs if r is not None) else ""
-            row.append(f"{a / b:.2f}{TIMES}{flag}")
+            names = pair.split("/")
+            note = ""
+            if BEST in names:
+                best = best_incumbent(cells, w, systems)
+                names = [(best or "") if n == BEST else n for n in names]
+                note = f" ({best})" if best else ""
+            row.append(ratio_text([cells.get((w, s)) for s in names], note))
         rows.append(row)
     return table(["workload", *usable], rows)
+
+
+def serial_table(
+    records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]
+) -> str:
+    """Every system's value over serial's, row by row."""
+    cells = index(records)
+    others = [s for s in systems if s != "serial"]
+    rows = [
+        [TITLES.get(w, w)]
+        + [ratio_text([cells.get((w, s)), cells.get((w, "serial"))]) for s in others]
+        for w in workloads
+    ]
+    return table(["workload", *others], rows)
 
 
 def startup_table(
@@ -213,6 +256,38 @@ def startup_table(
             row.append(num(rec["startup_s"]) if ok else DASH)  # type: ignore[index]
         rows.append(row)
     return table(["workload", *systems], rows)
+
+
+def threads_table(
+    records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]
+) -> str:
+    """Peak threads alive in the cell's processes during the calls / before them."""
+    cells = index(records)
+    rows = []
+    for w in workloads:
+        row = [TITLES.get(w, w)]
+        for s in systems:
+            mem = (cells.get((w, s)) or {}).get("memory") or {}
+            peak = mem.get("threads_peak")
+            row.append(DASH if peak is None else f"{peak} / {mem.get('threads_baseline')}")
+        rows.append(row)
+    return table(["workload", *systems], rows)
+
+
+def fingerprint_note(records: Sequence[Record]) -> str:
+    """Whether the cells of each W5/W6 row fitted the same model, as a sentence per row."""
+    lines = []
+    for w in THREAD_ROWS:
+        found: dict[str, list[str]] = {}
+        for rec in records:
+            if rec["workload"] == w and rec.get("fingerprint"):
+                found.setdefault(rec["fingerprint"], []).append(rec["system"])
+        if len(found) == 1:
+            lines.append(f"{w}: every system fitted the same model ({next(iter(found))}).")
+        elif found:
+            parts = "; ".join(f"{', '.join(v)}: {k}" for k, v in found.items())
+            lines.append(f"{w}: the systems fitted DIFFERENT models: {parts}.")
+    return "\n".join(lines)
 
 
 def memory_table(
@@ -254,6 +329,17 @@ def render(
         "machine's CPU during the calls (disturbed; rerun).",
         "## Ratios of medians (below 1: the first system is faster)",
         ratio_table(records, workloads, systems, pairs),
+    ]
+    if any(BEST in pair.split("/") for pair in pairs):
+        parts.append(
+            f"`{BEST}`: the row's fastest incumbent (not serial, not parlay's), named in brackets."
+        )
+    if "serial" in systems:
+        parts += [
+            "## Ratios to serial (below 1: faster than serial)",
+            serial_table(records, workloads, systems),
+        ]
+    parts += [
         "## Engine start-up: pool creation + warm-up call (s)",
         startup_table(records, engine, systems),
     ]
@@ -261,5 +347,10 @@ def render(
         parts += [
             "## Peak extra memory during the calls (MB): process-tree RSS / machine used",
             memory_table(records, perf, systems),
+            "## Peak threads alive in the cell's processes during the calls / before the first",
+            threads_table(records, perf, systems),
         ]
+    note = fingerprint_note(records)
+    if note:
+        parts.append(note)
     return "\n\n".join(parts) + "\n"

@@ -33,7 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import benchmarks.clusters  # noqa: F401  (registers the cluster systems)
+import benchmarks.clusters  # registers the cluster systems
+import benchmarks.libraries  # noqa: F401  (registers joblib's and parlay's systems)
 from benchmarks import report
 from benchmarks.procs import TOKEN_VAR, descendants, kill_all, marked, name_of, session_members
 from benchmarks.scenarios import WORKLOADS, calibrate_sort, calibrate_spin

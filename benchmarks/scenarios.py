@@ -1,4 +1,4 @@
-"""The workloads (W1..W4, F1..F3, import): what one cell does with a system.
+"""The workloads (W0..W6, F1..F3, import): what one cell does with a system.
 
 Each :class:`Workload` has a ``run(adapter, ctx)`` function that receives a
 started adapter (not started for ``import``) and a :class:`Context`, and
@@ -8,7 +8,8 @@ never returns is reported as a hang instead of blocking the cell.
 
 Every run function returns a ``value`` dict (``median``, ``min``, ``max``,
 ``unit``): the primary metric shown in the tables and used for the ratios.
-To add a workload (W5, W6...), write a run function and add a
+To add a workload, write a run function (here, or in a module of its own as
+:mod:`benchmarks.faults` and :mod:`benchmarks.scikit` are) and add a
 :class:`Workload` to :data:`WORKLOADS`.
 """
 
@@ -27,10 +28,14 @@ from typing import Any
 from benchmarks import workloads
 from benchmarks.context import Context, summary, time_calls
 from benchmarks.faults import run_f1, run_f2, run_f3
+from benchmarks.scikit import SKLEARN_IMPORTS, needs_joblib_route, run_w5, run_w6
 from benchmarks.systems import Adapter
 
 #: Target duration of one W2 / W3 task, in seconds.
 TASK_TARGET_S = 0.040
+#: W0: calls of one tiny task each, measured after W0_WARM_CALLS unmeasured ones.
+W0_CALLS = 50
+W0_WARM_CALLS = 3
 W1_TASKS = 20_000
 W2_TASKS = 32
 W3_TASKS = 32
@@ -97,6 +102,27 @@ def calibrate_sort() -> int:
 
 # --------------------------------------------------------------------------
 # performance workloads
+
+
+def run_w0(adapter: Adapter, ctx: Context) -> dict[str, Any]:
+    """W0: the fixed cost of a call: 50 calls of one ``identity(1)`` task; ms per call.
+
+    The count is fixed (``--repeat`` does not apply); a few unmeasured calls
+    of the same task come first, after the engine's own warm-up.
+    """
+    args = [(1,)]
+
+    def check(out: list[Any]) -> None:
+        if out != [1]:
+            raise AssertionError(f"W0 returned {out!r}")
+
+    for k in range(W0_WARM_CALLS):
+        with ctx.guard(f"unmeasured call {k + 1}/{W0_WARM_CALLS}"):
+            check(adapter.run(workloads.identity, args))
+    res = time_calls(adapter, ctx, workloads.identity, args, check, calls=W0_CALLS)
+    res["value"] = summary(res["times_s"], "ms/call", 1e3)
+    res["params"] = {"calls": W0_CALLS, "unmeasured_calls": W0_WARM_CALLS, "tasks_per_call": 1}
+    return res
 
 
 def run_w1(adapter: Adapter, ctx: Context) -> dict[str, Any]:
@@ -256,11 +282,28 @@ WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
         Workload("import", "import time (ms)", "import", run_import, needs_engine=False),
+        Workload("W0", "W0 one-task call (ms/call)", "perf", run_w0),
         Workload("W1", "W1 20k identity tasks (µs/task)", "perf", run_w1),
         Workload("W2", "W2 32 x 40 ms pure Python (s)", "perf", run_w2),
         Workload("W3", "W3 32 x 40 ms np.sort (s)", "perf", run_w3, worker_imports=("numpy",)),
         Workload(
             "W4", "W4 400 MB array to 32 tasks (s)", "perf", run_w4, worker_imports=("numpy",)
+        ),
+        Workload(
+            "W5",
+            "W5 RandomForest(200).fit (s)",
+            "perf",
+            run_w5,
+            needs_joblib_route,
+            worker_imports=SKLEARN_IMPORTS,
+        ),
+        Workload(
+            "W6",
+            "W6 GridSearchCV(RandomForest) (s)",
+            "perf",
+            run_w6,
+            needs_joblib_route,
+            worker_imports=SKLEARN_IMPORTS,
         ),
         Workload("F1", "F1 ValueError in task 7", "fault", run_f1),
         Workload("F2", "F2 os._exit in task 7", "fault", run_f2, _needs_isolation),

@@ -3,19 +3,27 @@
 An adapter knows how to start its engine (pool creation plus a warm-up call),
 run one parallel call of ``fn(*args)`` over a list of argument tuples, and
 close its engine. To add a system, write a subclass and decorate it with
-:func:`register`; nothing else changes. The cluster systems (Dask, Ray) are
-in :mod:`benchmarks.clusters`, which registers them when imported.
+:func:`register`; nothing else changes. This module has ``serial`` and the
+concurrent.futures systems; joblib's and parlay's are in
+:mod:`benchmarks.libraries`, the cluster systems (Dask, Ray) in
+:mod:`benchmarks.clusters`: each registers its systems when imported.
 
 Every adapter imports its library lazily, inside its methods, so that the
 registry can be imported (and listed) without any of them installed.
+
+Systems with a joblib route (joblib's backends, parlay's bridge, serial) also
+run scikit-learn's ``n_jobs`` (W5, W6): :meth:`Adapter.joblib_config` is the
+context the fit runs in, :attr:`Adapter.sklearn_n_jobs` the estimators' ``n_jobs``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from benchmarks import workloads
@@ -51,6 +59,10 @@ class Adapter:
     preload_modules: ClassVar[tuple[str, ...]] = ()
     #: Module whose version is recorded in the cell's JSON, if any.
     version_module: ClassVar[str | None] = None
+    #: True if joblib calls (scikit-learn's ``n_jobs``) can run on the system.
+    joblib_route: ClassVar[bool] = False
+    #: ``n_jobs`` given to scikit-learn estimators (W5, W6).
+    sklearn_n_jobs: ClassVar[int] = -1
 
     def __init__(self, n_jobs: int) -> None:
         self.n_jobs = n_jobs
@@ -120,6 +132,14 @@ class Adapter:
         """
         raise NotImplementedError
 
+    def joblib_config(self) -> AbstractContextManager[Any]:
+        """The context in which joblib's calls (scikit-learn's) run on this system."""
+        raise NotImplementedError(f"{self.name} has no joblib route")
+
+    def last_decision(self) -> dict[str, Any] | None:
+        """Where the system ran the latest joblib call of this thread, if it says."""
+        return None
+
     def close(self) -> None:
         """Shut the engine down (workers may still be killed afterwards)."""
 
@@ -146,6 +166,8 @@ class Serial(Adapter):
     name = "serial"
     parallel = False
     supports_timeout = False
+    joblib_route = True
+    sklearn_n_jobs = 1
 
     def start(self, imports: tuple[str, ...] = ()) -> None:
         """No engine: only the workload's imports."""
@@ -156,6 +178,10 @@ class Serial(Adapter):
         self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
     ) -> list[Any]:
         return [fn(*a) for a in args]
+
+    def joblib_config(self) -> AbstractContextManager[Any]:
+        """Nothing: the estimators get ``n_jobs=1``."""
+        return contextlib.nullcontext()
 
 
 class _Futures(Adapter):
@@ -209,119 +235,6 @@ class FuturesProcesses(_Futures):
         from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(max_workers=self.n_jobs)
-
-
-class _Joblib(Adapter):
-    """``joblib.Parallel(n_jobs=-1, backend=...)``; a new Parallel per call.
-
-    With ``via_config`` the backend is chosen the way joblib documents for its
-    external backends (dask, ray): ``with joblib.parallel_config(backend=...)``
-    around a plain ``joblib.Parallel(n_jobs=-1)``.
-    """
-
-    backend: ClassVar[str] = ""
-    via_config: ClassVar[bool] = False
-    import_stmt = "import joblib"
-    version_module = "joblib"
-
-    def run(
-        self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
-    ) -> list[Any]:
-        from joblib import Parallel, delayed, parallel_config
-
-        if not self.via_config:
-            call = Parallel(n_jobs=-1, backend=self.backend, timeout=timeout)
-            return list(call(delayed(fn)(*a) for a in args))
-        with parallel_config(backend=self.backend):
-            call = Parallel(n_jobs=-1, timeout=timeout)
-            return list(call(delayed(fn)(*a) for a in args))
-
-
-@register
-class JoblibThreading(_Joblib):
-    """joblib's threading backend."""
-
-    name = "joblib-threading"
-    backend = "threading"
-
-
-@register
-class JoblibLoky(_Joblib):
-    """joblib's default loky backend (a reusable process executor)."""
-
-    name = "joblib-loky"
-    backend = "loky"
-    isolated = True
-
-    def close(self) -> None:
-        # The executor joblib reuses lives in loky's module global; asking
-        # get_reusable_executor() for it could start a fresh one instead.
-        from joblib.externals.loky import reusable_executor
-
-        executor = getattr(reusable_executor, "_executor", None)
-        if executor is not None:
-            executor.shutdown(wait=False, kill_workers=True)
-
-
-@register
-class JoblibMultiprocessing(_Joblib):
-    """joblib's multiprocessing backend (not in the default set: run it by name).
-
-    Kept because it shows a known hang: F2 never returns on it.
-    """
-
-    name = "joblib-multiprocessing"
-    backend = "multiprocessing"
-    isolated = True
-    group = "optional"
-
-
-class _Parlay(Adapter):
-    """``parlay.Parallel(n_jobs=-1, backend=...)``; parlay keeps its pools."""
-
-    backend: ClassVar[str] = ""
-    import_stmt = "import parlay"
-    version_module = "parlay"
-
-    def run(
-        self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
-    ) -> list[Any]:
-        from parlay import Parallel, delayed
-
-        options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        call = Parallel(n_jobs=-1, backend=self.backend, **options)
-        return list(call(delayed(fn)(*a) for a in args))
-
-    def close(self) -> None:
-        import parlay
-
-        parlay.shutdown()
-
-
-@register
-class ParlaySequential(_Parlay):
-    """parlay's sequential backend (runs in the calling thread)."""
-
-    name = "parlay-sequential"
-    backend = "sequential"
-    parallel = False
-
-
-@register
-class ParlayThreads(_Parlay):
-    """parlay's thread backend."""
-
-    name = "parlay-threads"
-    backend = "threads"
-
-
-@register
-class ParlayProcesses(_Parlay):
-    """parlay's process backend."""
-
-    name = "parlay-processes"
-    backend = "processes"
-    isolated = True
 
 
 def group_members(group: str) -> list[str]:
