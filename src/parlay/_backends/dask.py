@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, final
 
-from .._budget import cpu_count
+from .._budget import cpu_count, n_jobs_to_workers
 from .._exceptions import ParlayError, WorkerDiedError
 from .._sharing import share_locally
 from .._worker import run_packed, unpack
@@ -198,10 +198,7 @@ class DaskSession(Session):
     @property
     def n_workers(self) -> int:  # type: ignore[override]
         # Read on every call: a cluster can grow or shrink between calls.
-        threads = sum(self._client.nthreads().values()) or 1
-        if self._requested < 0:
-            return max(1, threads + 1 + self._requested)
-        return self._requested
+        return n_jobs_to_workers(self._requested, sum(self._client.nthreads().values()) or 1)
 
     def submit(self, batch: Batch) -> Future[BatchResult]:
         payload, shared = batch.pack_sharing(self._put)

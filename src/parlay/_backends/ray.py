@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, final
 
-from .._budget import cpu_count
+from .._budget import cpu_count, n_jobs_to_workers
 from .._exceptions import ParlayError, WorkerDiedError
 from .._worker import run_packed, unpack
 from . import on_shutdown
@@ -159,10 +159,7 @@ class RaySession(Session):
     def n_workers(self) -> int:  # type: ignore[override]
         import ray
 
-        cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
-        if self._requested < 0:
-            return max(1, cpus + 1 + self._requested)
-        return self._requested
+        return n_jobs_to_workers(self._requested, int(ray.cluster_resources().get("CPU", 1)) or 1)
 
     def submit(self, batch: Batch) -> Future[BatchResult]:
         import ray
