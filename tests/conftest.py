@@ -25,8 +25,9 @@ _SINGLETON_CHILDREN = ("resource_tracker",)
 # and the event loop its synchronous clients share (a client that failed to connect leaves it).
 _SINGLETON_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "IO loop", "tqdm_monitor")
 _SHM_PREFIXES = ("parlay", "loky", "joblib", "psm_")
-# Set by pytest itself, and by importing joblib (which parallel_config does when installed).
-_ENV_SET_BY_IMPORTS = {"PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK"}
+# Set by pytest itself, and by importing joblib (which parallel_config does when installed)
+# or scikit-learn.
+_ENV_SET_BY_IMPORTS = {"PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK", "KMP_DUPLICATE_LIB_OK"}
 # Processes and threads of the engines the test session starts once (a Dask LocalCluster,
 # a local Ray): they outlive single tests on purpose, so the leak check skips them and
 # their descendants (a restarted Dask worker is a new child of its nanny).

@@ -93,3 +93,28 @@ def test_bad_instruments_are_rejected() -> None:
         Parallel(progress="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="instruments"):
         parallel_config(instruments=3)
+
+
+def warn_and_return(i: int) -> int:
+    import warnings
+
+    warnings.warn(f"careful with {i}", UserWarning, stacklevel=1)
+    return i
+
+
+def test_warnings_raised_in_tasks_reach_the_caller(backend: str) -> None:
+    with pytest.warns(UserWarning, match=r"careful with \d"):
+        out = Parallel(n_jobs=2, backend=backend)(delayed(warn_and_return)(i) for i in range(5))
+    assert out == list(range(5))
+
+
+def test_warnings_of_scikit_learn_fits_in_workers_reach_the_caller() -> None:
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.utils.parallel import Parallel as SkParallel
+    from sklearn.utils.parallel import delayed as sk_delayed
+
+    import parlay
+
+    assert sklearn is not None
+    with parlay.parallel_config(backend="processes"), pytest.warns(UserWarning, match="careful"):
+        SkParallel(n_jobs=2)(sk_delayed(warn_and_return)(i) for i in range(4))

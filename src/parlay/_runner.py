@@ -45,7 +45,7 @@ from ._batching import BatchSizer
 from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
 from ._instrument import CallInfo, Dispatcher
 from ._sharing import CallShares
-from ._worker import Batch, BatchResult, WorkerContext, batch_of, describe_task
+from ._worker import Batch, BatchResult, WorkerContext, batch_of, describe_task, emit_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ class Call:
                 # An inline task cannot be interrupted: report it once it returns.
                 if self._inline_timeout is not None and result.elapsed > self._inline_timeout:
                     raise self._timeout_error(record.batch)
+                if result.warnings:
+                    emit_warnings(result)
                 self._n_tasks += len(result.values)
                 self._sizer.observe(len(result.values), result.elapsed)
                 if self._events is not None:

@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, cast
 
@@ -135,6 +136,8 @@ class BatchResult:
     cancelled: bool = False
     fatal: BaseException | None = None
     fatal_tb: str | None = None
+    # Warnings the tasks raised in a worker process: (message, category, filename, lineno).
+    warnings: list[tuple[str, type[Warning], str, int]] = field(default_factory=list)
 
 
 def _worker_name() -> str:
@@ -157,13 +160,39 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
     nesting_token = _budget.set_nesting(batch.context.nesting)
     layers_token = _config.set_layers(batch.context.layers)
     t0 = time.perf_counter()
+    caught: list[warnings.WarningMessage] = []
     try:
-        with _joblib_bridge(batch.context):
+        with _joblib_bridge(batch.context), _warnings_caught(caught, remote):
             values, errors, cancelled = _run_tasks(batch, remote)
     finally:
         _config.reset_layers(layers_token)
         _budget.reset_nesting(nesting_token)
-    return BatchResult(values, errors, time.perf_counter() - t0, _worker_name(), cancelled)
+    result = BatchResult(values, errors, time.perf_counter() - t0, _worker_name(), cancelled)
+    # The text, not the Warning object: it always pickles.
+    result.warnings = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+    return result
+
+
+@contextlib.contextmanager
+def _warnings_caught(caught: list[warnings.WarningMessage], remote: bool) -> Iterator[None]:
+    """In a worker process, record the tasks' warnings, to emit them again in the caller.
+
+    (In the caller's own threads they are emitted where they happen.) A worker process
+    runs one batch at a time, so catching the process-wide warnings is safe there.
+    """
+    if not remote:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        yield
+    caught.extend(recorded)
+
+
+def emit_warnings(result: BatchResult) -> None:
+    """In the caller: warn again each warning a worker process recorded, at its origin."""
+    for message, category, filename, lineno in result.warnings:
+        warnings.warn_explicit(message, category, filename, lineno)
 
 
 def _joblib_bridge(context: WorkerContext) -> contextlib.AbstractContextManager[Any]:

@@ -36,7 +36,7 @@ from ._api import Parallel, remember_decision, task_context
 from ._backends._base import Session
 from ._batching import BatchSizer
 from ._negotiate import Decision
-from ._worker import BatchResult, WorkerContext, batch_of
+from ._worker import BatchResult, WorkerContext, batch_of, emit_warnings
 
 __all__ = ["ParlayBackend", "activated"]
 
@@ -133,6 +133,7 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
 
     def retrieve_result_callback(self, future: Future[BatchResult]) -> Any:
         result = future.result()
+        emit_warnings(result)
         if result.fatal is not None:
             raise result.fatal
         if result.errors:
