@@ -57,6 +57,17 @@ def test_embedded_cluster_is_started_once_on_loopback_and_closed(
     assert dask_backend._embedded == []
 
 
+def chatty(i: int) -> int:
+    print("x" * 1000, flush=True)  # 100 tasks: 100 KB, more than a pipe holds
+    return i
+
+
+@pytest.mark.timeout(60)
+def test_workers_printing_a_lot_never_block(dask_cluster: str) -> None:
+    out = Parallel(n_jobs=-1, backend="dask", batch_size=1)(delayed(chatty)(i) for i in range(100))
+    assert out == list(range(100))
+
+
 def test_address_from_parallel_config(dask_cluster: str) -> None:
     with parallel_config(backend="dask", address=dask_cluster):
         out = Parallel(n_jobs=-1)(delayed(worker_address)(i) for i in range(6))

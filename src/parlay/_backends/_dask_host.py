@@ -1,8 +1,9 @@
 """The process that hosts parlay's embedded Dask LocalCluster.
 
-``python -m parlay._backends._dask_host --workers N [--threads T] [--dashboard]`` starts a
-``distributed.LocalCluster`` on 127.0.0.1, prints one JSON line with its scheduler
-address, and keeps it running until its standard input closes: when parlay shuts it
+``python -m parlay._backends._dask_host --workers N --report-fd FD [--threads T]
+[--dashboard]`` starts a ``distributed.LocalCluster`` on 127.0.0.1, writes one JSON line
+with its scheduler address to file descriptor FD, and keeps it running until its
+standard input closes: when parlay shuts it
 down, or when the process that started it dies, even by SIGKILL. Then it closes the
 cluster and exits, so no worker outlives its user.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dashboard", action="store_true")
+    parser.add_argument("--report-fd", type=int, required=True)
     args = parser.parse_args(argv)
 
     from distributed import LocalCluster
@@ -41,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         link = cluster.dashboard_link if args.dashboard else None
-        sys.stdout.write(json.dumps({"address": cluster.scheduler_address, "dashboard": link}))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        # The address goes through a pipe of its own: standard output stays the user's,
+        # where the workers' prints appear, and nobody has to keep reading it.
+        with os.fdopen(args.report_fd, "w") as report:
+            report.write(json.dumps({"address": cluster.scheduler_address, "dashboard": link}))
+            report.write("\n")
         sys.stdin.read()  # returns at EOF: parlay closed the pipe, or its process died
     finally:
         cluster.close(timeout=10)

@@ -64,14 +64,22 @@ class EmbeddedCluster:
                    "--threads", str(threads)]  # fmt: skip
         if dashboard:
             command.append("--dashboard")
+        report_read, report_write = os.pipe()
+        command += ["--report-fd", str(report_write)]
         # A session of its own: Ctrl-C in the user's terminal interrupts the user's call
         # (which then restarts the busy workers), not the whole cluster.
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
         try:
-            info = self._read_address()
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, text=True, start_new_session=True,
+                pass_fds=(report_write,),
+            )  # fmt: skip
+        except BaseException:
+            os.close(report_read)
+            raise
+        finally:
+            os.close(report_write)
+        try:
+            info = self._read_address(report_read)
             self.address: str = info["address"]
             self.dashboard: str | None = info.get("dashboard")
             from distributed import Client
@@ -81,10 +89,10 @@ class EmbeddedCluster:
             self._stop_host()
             raise
 
-    def _read_address(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], HOST_START_TIMEOUT)
-        line = self.process.stdout.readline() if ready else ""
+    def _read_address(self, fd: int) -> dict[str, Any]:
+        with os.fdopen(fd) as report:
+            ready, _, _ = select.select([report], [], [], HOST_START_TIMEOUT)
+            line = report.readline() if ready else ""
         if not line:
             raise ParlayError(
                 f"the embedded Dask cluster did not start within {HOST_START_TIMEOUT:.0f} s "
@@ -103,8 +111,6 @@ class EmbeddedCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
     def close(self) -> None:
         """Close the client, then the cluster and its host process."""
