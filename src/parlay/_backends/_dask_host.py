@@ -31,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-fd", type=int, required=True)
     args = parser.parse_args(argv)
 
+    import dask
     from distributed import LocalCluster
 
+    # A task whose worker dies fails at once (parlay reports WorkerDiedError, as for a
+    # process pool) instead of being run again on three more workers, killing each.
+    dask.config.set({"distributed.scheduler.allowed-failures": 0})
     cluster = LocalCluster(
         n_workers=args.workers,
         threads_per_worker=args.threads,
