@@ -108,3 +108,39 @@ def test_no_oversubscription_of_processes_and_blas() -> None:
     workers = {pid for pid, _ in out}
     per_task = max(blas for _, blas in out)
     assert len(workers) * per_task <= max(parlay.cpu_count(), n_jobs), out
+
+
+RAY_ONE_CPU = """
+import os, tempfile, shutil, logging
+import ray
+folder = tempfile.mkdtemp(prefix="parlay-test-ray-")
+ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.ERROR, _temp_dir=folder,
+         _node_ip_address="127.0.0.1")
+try:
+    import parlay
+    from parlay import Parallel, delayed, parallel_config
+    from parlay.testing import nested_sum
+    with parallel_config(backend="ray"):
+        out = Parallel(n_jobs=-1, batch_size=1)(delayed(nested_sum)(x, -1) for x in (3, 4, 5))
+    print([total for total, _, _ in out])
+finally:
+    ray.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_one_cpu_of_ray_does_not_deadlock() -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "PARLAY_DASK_ADDRESS"}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_ONE_CPU], capture_output=True, text=True, timeout=100, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[5, 14, 30]"
