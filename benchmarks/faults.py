@@ -24,6 +24,7 @@ import os
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -90,6 +91,20 @@ def next_call(adapter: Adapter, ctx: Context) -> dict[str, Any]:
     return {"next_ok": out == list(range(NEXT_CALL_TASKS)), "next_s": took}
 
 
+def fault_call(fault: dict[str, Any], call: Callable[[], object]) -> float:
+    """Make the call under test; record in `fault` how it ended and its time; return it."""
+    start = time.perf_counter()
+    try:
+        call()
+        fault["outcome"] = "returned"
+    except Exception as exc:  # the fault under test
+        fault["outcome"] = "raised"
+        fault.update(describe(exc))
+    took = time.perf_counter() - start
+    fault["time_s"] = took
+    return took
+
+
 def run_f1(adapter: Adapter, ctx: Context) -> dict[str, Any]:
     """F1: a task raises ValueError; time to the error and its traceback."""
     args = [(i, BAD_TASK, SHORT_SLEEP_S) for i in range(100)]
@@ -121,15 +136,7 @@ def run_f2(adapter: Adapter, ctx: Context) -> dict[str, Any]:
     args = [(i, BAD_TASK, SHORT_SLEEP_S) for i in range(100)]
     fault: dict[str, Any] = ctx.record.setdefault("fault", {})
     with ctx.guard("fault call", limit=ctx.options.fault_limit):
-        start = time.perf_counter()
-        try:
-            adapter.run(workloads.die_at, args)
-            fault["outcome"] = "returned"
-        except Exception as exc:  # the fault under test
-            fault["outcome"] = "raised"
-            fault.update(describe(exc))
-        took = time.perf_counter() - start
-    fault["time_s"] = took
+        took = fault_call(fault, lambda: adapter.run(workloads.die_at, args))
     fault.update(next_call(adapter, ctx))
     return {"value": summary([took], "s"), "fault": fault, "times_s": [took]}
 
@@ -183,15 +190,9 @@ def run_f3(adapter: Adapter, ctx: Context) -> dict[str, Any]:
         heartbeat = os.path.join(tmp, "heartbeat")
         args = [(i, BAD_TASK, SHORT_SLEEP_S, F3_STUCK_S, heartbeat) for i in range(F3_TASKS)]
         with ctx.guard("fault call"):
-            start = time.perf_counter()
-            try:
-                adapter.run(workloads.stuck_at, args, timeout=F3_TIMEOUT_S)
-                fault["outcome"] = "returned"
-            except Exception as exc:  # the fault under test
-                fault["outcome"] = "raised"
-                fault.update(describe(exc))
-            took = time.perf_counter() - start
-        fault["time_s"] = took
+            took = fault_call(
+                fault, lambda: adapter.run(workloads.stuck_at, args, timeout=F3_TIMEOUT_S)
+            )
         fault.update(watch_heartbeat(heartbeat))
         # Still inside the directory's lifetime: a stuck task that was not
         # stopped keeps running (and keeps its worker busy) during this call.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -59,15 +59,20 @@ def session_members(sid: int) -> list[psutil.Process]:
     re-parented to init, like a daemon left by its dead parent, and those of
     Ray's processes that do not inherit the cell's environment.
     """
+    return others_where(lambda proc: os.getsid(proc.pid) == sid)
+
+
+def others_where(keep: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
+    """Every process but this one for which ``keep`` holds (skipping vanished ones)."""
     me = os.getpid()
     found: list[psutil.Process] = []
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         try:
-            if os.getsid(proc.pid) == sid:
+            if keep(proc):
                 found.append(proc)
-        except OSError:
+        except (psutil.Error, OSError):
             continue
     return found
 
@@ -152,17 +157,7 @@ def marked(token: str) -> list[psutil.Process]:
 
     This finds workers that were re-parented to init after their cell died.
     """
-    me = os.getpid()
-    found: list[psutil.Process] = []
-    for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
-        try:
-            if proc.environ().get(TOKEN_VAR) == token:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
-    return found
+    return others_where(lambda proc: proc.environ().get(TOKEN_VAR) == token)
 
 
 def name_of(proc: psutil.Process) -> str:

@@ -7,7 +7,7 @@ and the peak extra memory and peak thread count during the measured calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Record = dict[str, Any]
@@ -173,11 +173,21 @@ def primary(rec: Record | None) -> float | None:
     return float(rec["value"]["median"])
 
 
+def grid(
+    records: Sequence[Record],
+    workloads: Sequence[str],
+    systems: Sequence[str],
+    text: Callable[[Record | None], str],
+) -> str:
+    """Rows = workloads, columns = systems, each cell ``text(record)``."""
+    cells = index(records)
+    rows = [[TITLES.get(w, w)] + [text(cells.get((w, s))) for s in systems] for w in workloads]
+    return table(["workload", *systems], rows)
+
+
 def main_table(records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]) -> str:
     """Rows = workloads, columns = systems."""
-    cells = index(records)
-    rows = [[TITLES.get(w, w)] + [cell_text(cells.get((w, s))) for s in systems] for w in workloads]
-    return table(["workload", *systems], rows)
+    return grid(records, workloads, systems, cell_text)
 
 
 def incumbent(system: str) -> bool:
@@ -242,36 +252,16 @@ def serial_table(
     return table(["workload", *others], rows)
 
 
-def startup_table(
-    records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]
-) -> str:
+def startup_text(rec: Record | None) -> str:
     """Engine start-up (pool creation + warm-up call) in seconds."""
-    cells = index(records)
-    rows = []
-    for w in workloads:
-        row = [TITLES.get(w, w)]
-        for s in systems:
-            rec = cells.get((w, s))
-            ok = rec is not None and "startup_s" in rec
-            row.append(num(rec["startup_s"]) if ok else DASH)  # type: ignore[index]
-        rows.append(row)
-    return table(["workload", *systems], rows)
+    return num(rec["startup_s"]) if rec is not None and "startup_s" in rec else DASH
 
 
-def threads_table(
-    records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]
-) -> str:
+def threads_text(rec: Record | None) -> str:
     """Peak threads alive in the cell's processes during the calls / before them."""
-    cells = index(records)
-    rows = []
-    for w in workloads:
-        row = [TITLES.get(w, w)]
-        for s in systems:
-            mem = (cells.get((w, s)) or {}).get("memory") or {}
-            peak = mem.get("threads_peak")
-            row.append(DASH if peak is None else f"{peak} / {mem.get('threads_baseline')}")
-        rows.append(row)
-    return table(["workload", *systems], rows)
+    mem = (rec or {}).get("memory") or {}
+    peak = mem.get("threads_peak")
+    return DASH if peak is None else f"{peak} / {mem.get('threads_baseline')}"
 
 
 def fingerprint_note(records: Sequence[Record]) -> str:
@@ -290,24 +280,13 @@ def fingerprint_note(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
-def memory_table(
-    records: Sequence[Record], workloads: Sequence[str], systems: Sequence[str]
-) -> str:
+def memory_text(rec: Record | None) -> str:
     """Peak extra MB during the calls: process-tree RSS / machine-wide used."""
-    cells = index(records)
-    rows = []
-    for w in workloads:
-        row = [TITLES.get(w, w)]
-        for s in systems:
-            mem = (cells.get((w, s)) or {}).get("memory")
-            row.append(
-                f"{megabytes(mem['tree_rss_peak_extra_mb'])} / "
-                f"{megabytes(mem['machine_used_peak_extra_mb'])}"
-                if mem
-                else DASH
-            )
-        rows.append(row)
-    return table(["workload", *systems], rows)
+    mem = (rec or {}).get("memory")
+    if not mem:
+        return DASH
+    tree = megabytes(mem["tree_rss_peak_extra_mb"])
+    return f"{tree} / {megabytes(mem['machine_used_peak_extra_mb'])}"
 
 
 def render(
@@ -341,14 +320,14 @@ def render(
         ]
     parts += [
         "## Engine start-up: pool creation + warm-up call (s)",
-        startup_table(records, engine, systems),
+        grid(records, engine, systems, startup_text),
     ]
     if perf:
         parts += [
             "## Peak extra memory during the calls (MB): process-tree RSS / machine used",
-            memory_table(records, perf, systems),
+            grid(records, perf, systems, memory_text),
             "## Peak threads alive in the cell's processes during the calls / before the first",
-            threads_table(records, perf, systems),
+            grid(records, perf, systems, threads_text),
         ]
     note = fingerprint_note(records)
     if note:
