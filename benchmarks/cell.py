@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 import benchmarks.clusters  # registers the cluster systems
 import benchmarks.libraries  # noqa: F401  (registers joblib's and parlay's systems)
-from benchmarks.context import Context, Options
+from benchmarks.context import Context, Options, add_fault_and_sampling_options
 from benchmarks.procs import kill_tree
 from benchmarks.scenarios import WORKLOADS
 from benchmarks.systems import SYSTEMS, all_cores
@@ -219,15 +219,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="seconds from the cell's start by which the measured calls must be over; "
         "repeats that would not fit are left out (default: no limit)",
     )
-    p.add_argument(
-        "--fault-limit", type=float, default=30.0, help="same, for F2's fault call (default 30)"
-    )
-    p.add_argument(
-        "--sample-interval",
-        type=float,
-        default=0.02,
-        help="memory sampling period in seconds; 0 disables (default 0.02)",
-    )
+    add_fault_and_sampling_options(p)
     return p.parse_args(argv)
 
 

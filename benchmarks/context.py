@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -101,3 +102,19 @@ def time_repeated(
                 times.append(time.perf_counter() - start)
             check(out)
     return {"times_s": times, "memory": sampler.report()}
+
+
+def add_fault_and_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """The options the runner passes on to each cell, with one set of defaults."""
+    parser.add_argument(
+        "--fault-limit",
+        type=float,
+        default=30.0,
+        help="seconds F2's fault call may take before it counts as a hang (default 30)",
+    )
+    parser.add_argument(
+        "--sample-interval",
+        type=float,
+        default=0.02,
+        help="memory sampling period in seconds; 0 disables (default 0.02)",
+    )

@@ -36,6 +36,7 @@ from typing import Any
 import benchmarks.clusters  # registers the cluster systems
 import benchmarks.libraries  # noqa: F401  (registers joblib's and parlay's systems)
 from benchmarks import report
+from benchmarks.context import add_fault_and_sampling_options
 from benchmarks.procs import TOKEN_VAR, descendants, kill_all, marked, name_of, session_members
 from benchmarks.scenarios import WORKLOADS, calibrate_sort, calibrate_spin
 from benchmarks.systems import GROUP_NAMES, SYSTEMS, all_cores, group_members
@@ -210,18 +211,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--timeout", type=float, default=120.0, help="seconds before a cell is killed (default 120)"
     )
-    p.add_argument(
-        "--fault-limit",
-        type=float,
-        default=30.0,
-        help="seconds F2's fault call may take before it counts as a hang",
-    )
-    p.add_argument(
-        "--sample-interval",
-        type=float,
-        default=0.02,
-        help="memory sampling period in the cells, s; 0 disables (default 0.02)",
-    )
+    add_fault_and_sampling_options(p)
     p.add_argument("--ratios", help="ratio columns as a/b pairs, comma-separated")
     p.add_argument("--out", help="write all records as JSON to this file")
     p.add_argument("--markdown", help="also write the tables to this file")
