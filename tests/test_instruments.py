@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from parlay import CallInfo, Instrument, Parallel, delayed, parallel_config
+from parlay import BatchReport, CallInfo, Instrument, Parallel, delayed, parallel_config
 from parlay.testing import raise_at, square
 
 
@@ -21,9 +21,9 @@ class Recorder(Instrument):
     def call_started(self, call: CallInfo) -> None:
         self.started.append(call)
 
-    def batch_finished(self, call: CallInfo, n_tasks: int, worker: str, elapsed: float) -> None:
+    def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
         with self.lock:
-            self.done += n_tasks
+            self.done += batch.n_tasks
 
     def call_finished(self, call: CallInfo, error: BaseException | None) -> None:
         self.finished.append(error)
@@ -54,7 +54,7 @@ def test_the_context_attaches_instruments_and_errors_reach_them() -> None:
 class Broken(Instrument):
     calls = 0
 
-    def batch_finished(self, call: CallInfo, n_tasks: int, worker: str, elapsed: float) -> None:
+    def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
         Broken.calls += 1
         raise RuntimeError("this instrument is broken")
 

@@ -34,8 +34,10 @@ from ._exceptions import RemoteTraceback as RemoteTraceback
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import TaskTimeoutError as TaskTimeoutError
 from ._exceptions import WorkerDiedError as WorkerDiedError
+from ._instrument import BatchReport as BatchReport
 from ._instrument import CallInfo as CallInfo
 from ._instrument import Instrument as Instrument
+from ._instrument import TaskRecord as TaskRecord
 from ._negotiate import Decision as Decision
 from ._worker import Batch as Batch
 from ._worker import BatchResult as BatchResult
@@ -46,6 +48,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "Batch",
+    "BatchReport",
     "BatchResult",
     "CallInfo",
     "Capabilities",
@@ -58,6 +61,7 @@ __all__ = [
     "SerializationError",
     "Session",
     "Task",
+    "TaskRecord",
     "TaskTimeoutError",
     "WorkerDiedError",
     "cpu_count",

@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, final
 
-from . import _backends, _budget, _config
+from . import _backends, _budget, _config, _output
 from ._backends._base import Backend, Capabilities, Session
 from ._config import UNSET
 from ._instrument import Dispatcher, Instrument, ProgressBar
 from ._negotiate import CallHints, Decision, UserContext, decide
 from ._runner import Call
-from ._worker import WorkerContext
+from ._worker import WorkerContext, in_worker_process
 
 __all__ = ["Parallel", "Task", "delayed", "effective_n_jobs", "explain_last"]
 
@@ -194,6 +194,7 @@ def task_context(decision: Decision, caps: Capabilities, via: str = "") -> Worke
         _config.current_layers(),
         in_worker=not caps.inline,
         native_threads=threads if threads is not None else nesting.budget,
+        log_level=_output.caller_log_level() if caps.separate_processes else logging.WARNING,
     )
 
 
@@ -423,8 +424,9 @@ class Parallel:
         instruments = list(self._extra_instruments)
         for layer in _config.current_layers():
             instruments.extend(layer.values.get("instruments", ()))
-        top_level = _budget.current_nesting().level == 0
-        if top_level and _config.resolve("progress", self._progress, False).value:
+        # A bar drawn in a worker process would reach the terminal as captured text:
+        # nested calls get bars in the caller's process only (threads), nested below it.
+        if not in_worker_process() and _config.resolve("progress", self._progress, False).value:
             instruments.append(ProgressBar())
         return Dispatcher(instruments) if instruments else None
 

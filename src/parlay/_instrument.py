@@ -5,21 +5,33 @@ optional no-op, and the runner calls only the hooks an instrument overrides, so 
 unused hook costs nothing. A hook that raises is detached from the call and logged with
 its traceback: an instrument never breaks a run.
 
+Tasks run in batches; the runner reports each batch once it is back in the caller, as a
+:class:`BatchReport`: where it ran (host, pid, thread), when it was sent and received,
+how long it computed and how long the worker spent unpickling it. Per-task start and end
+times cost two clock reads a task in the worker, so workers take them only for calls
+with an instrument that sets ``task_times = True`` (the timeline does);
+:meth:`BatchReport.tasks` then gives one :class:`TaskRecord` a task.
+
 Shipped: :class:`ProgressBar` (``Parallel(progress=True)``), which counts *completed*
-tasks, on every backend and with ``n_jobs=1`` too.
+tasks, on every backend and with ``n_jobs=1`` too; ``parlay.timeline()``
+(``_timeline``), which records every task.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass
-from typing import Any, Final
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, NamedTuple
 
-__all__ = ["CallInfo", "Instrument", "ProgressBar"]
+__all__ = ["BatchReport", "CallInfo", "Instrument", "ProgressBar", "TaskRecord"]
 
 logger = logging.getLogger(__name__)
 
 HOOKS: Final = ("call_started", "batch_finished", "call_finished")
+
+_call_ids = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,22 +48,116 @@ class CallInfo:
         The number of tasks, when the iterable has a length.
     nesting_level : int
         0 for a call made at top level.
+    call_id : int
+        A number unique to the call in this process.
+    started : float
+        When the call started (``time.time()``).
+    via : str
+        ``"parlay"``, or ``"joblib"`` for a joblib (scikit-learn) call run through the bridge.
     """
 
     backend: str
     n_workers: int
     n_tasks: int | None
     nesting_level: int
+    call_id: int = field(default_factory=lambda: next(_call_ids))
+    started: float = field(default_factory=time.time)
+    via: str = "parlay"
+
+
+class TaskRecord(NamedTuple):
+    """One task as it ran: a row of a timeline. Times are ``time.time()`` seconds."""
+
+    call_id: int
+    backend: str
+    task: int  # the task's index in its call
+    function: str
+    worker: str
+    host: str
+    pid: int
+    thread: str
+    submitted: float
+    start: float
+    end: float
+    status: str  # "ok", "error"
+
+    @property
+    def duration(self) -> float:
+        """Seconds the task ran."""
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """A batch of consecutive tasks back from its worker.
+
+    Attributes
+    ----------
+    first : int
+        The call-wide index of the batch's first task.
+    n_tasks : int
+        How many of its tasks ran (all, unless one failed and the call stops on errors).
+    functions : tuple of str
+        The qualified name of each task's function, or one name shared by all.
+    worker, host, pid, thread : str, str, int, str
+        Where the batch ran (``worker`` is the label used in messages).
+    submitted, received : float
+        When the caller sent the batch and got its result (``time.time()``).
+    elapsed : float
+        Seconds the worker spent running the tasks.
+    load_seconds : float
+        Seconds a worker process spent unpickling the batch (its arguments included).
+    errors : frozenset of int
+        Offsets in the batch of the tasks that raised.
+    stamps : tuple of float or None
+        With ``task_times``: when the first task started, then when each task ended.
+    """
+
+    first: int
+    n_tasks: int
+    functions: tuple[str, ...]
+    worker: str
+    host: str
+    pid: int
+    thread: str
+    submitted: float
+    received: float
+    elapsed: float
+    load_seconds: float = 0.0
+    errors: frozenset[int] = frozenset()
+    stamps: tuple[float, ...] | None = None
+
+    def tasks(self, call: CallInfo) -> list[TaskRecord]:
+        """One record a task (needs ``stamps``: an instrument with ``task_times``)."""
+        if self.stamps is None:
+            raise ValueError("this batch was run without task times (see Instrument.task_times)")
+        stamps = self.stamps
+        shared = self.functions[0] if len(self.functions) == 1 else None
+        records = []
+        for offset in range(min(self.n_tasks, len(stamps) - 1)):
+            function = shared if shared is not None else self.functions[offset]
+            status = "error" if offset in self.errors else "ok"
+            task = (call.call_id, call.backend, self.first + offset, function)
+            where = (self.worker, self.host, self.pid, self.thread)
+            times = (self.submitted, stamps[offset], stamps[offset + 1])
+            records.append(TaskRecord(*task, *where, *times, status))
+        return records
 
 
 class Instrument:
-    """Base class of instruments; override any of the hooks."""
+    """Base class of instruments; override any of the hooks.
+
+    Set the class attribute ``task_times = True`` to have workers time each task
+    (see :meth:`BatchReport.tasks`).
+    """
+
+    task_times: ClassVar[bool] = False
 
     def call_started(self, call: CallInfo) -> None:
         """A call starts (before its first batch is sent)."""
 
-    def batch_finished(self, call: CallInfo, n_tasks: int, worker: str, elapsed: float) -> None:
-        """A batch of `n_tasks` tasks finished on `worker` after `elapsed` seconds of work."""
+    def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
+        """A batch of ``batch.n_tasks`` tasks came back from its worker."""
 
     def call_finished(self, call: CallInfo, error: BaseException | None) -> None:
         """The call ended, normally (`error` is None) or not."""
@@ -60,7 +166,7 @@ class Instrument:
 class Dispatcher:
     """Sends each event to the instruments that override its hook; detaches failing ones."""
 
-    __slots__ = ("_by_hook", "active")
+    __slots__ = ("_by_hook", "active", "task_times")
 
     def __init__(self, instruments: list[Instrument]) -> None:
         self._by_hook: dict[str, list[Instrument]] = {
@@ -70,6 +176,11 @@ class Dispatcher:
             for hook in HOOKS
         }
         self.active = any(self._by_hook.values())
+        self.task_times = any(i.task_times for i in self._by_hook["batch_finished"])
+
+    def wants(self, hook: str) -> bool:
+        """Whether some instrument listens to `hook`."""
+        return bool(self._by_hook[hook])
 
     def emit(self, hook: str, *args: Any) -> None:
         """Call `hook` on every instrument that has it; a failing one is detached."""
@@ -88,8 +199,8 @@ class Dispatcher:
 class ProgressBar(Instrument):
     """A progress bar of completed tasks (tqdm; ``tqdm.auto`` picks a notebook widget).
 
-    Only calls made at top level draw a bar: calls nested in tasks would draw from their
-    workers, garbling the terminal.
+    A nested call (inside a task on threads) draws its own bar below its parent's, and
+    removes it when it ends; tqdm keeps concurrent bars on lines of their own.
     """
 
     def __init__(self, **tqdm_kwargs: Any) -> None:
@@ -104,17 +215,23 @@ class ProgressBar(Instrument):
         self._bars: dict[int, Any] = {}
 
     def call_started(self, call: CallInfo) -> None:
-        if call.nesting_level == 0:
-            self._bars[id(call)] = self._tqdm(
-                total=call.n_tasks, unit="task", desc=call.backend, **self._kwargs
-            )
+        options: dict[str, Any] = {
+            "total": call.n_tasks,
+            "unit": "task",
+            "desc": call.backend if call.via == "parlay" else f"{call.backend} (joblib)",
+            "leave": call.nesting_level == 0,
+        }
+        if call.nesting_level:
+            options["desc"] = "  " * call.nesting_level + options["desc"]
+        options.update(self._kwargs)
+        self._bars[call.call_id] = self._tqdm(**options)
 
-    def batch_finished(self, call: CallInfo, n_tasks: int, worker: str, elapsed: float) -> None:
-        bar = self._bars.get(id(call))
+    def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
+        bar = self._bars.get(call.call_id)
         if bar is not None:
-            bar.update(n_tasks)
+            bar.update(batch.n_tasks)
 
     def call_finished(self, call: CallInfo, error: BaseException | None) -> None:
-        bar = self._bars.pop(id(call), None)
+        bar = self._bars.pop(call.call_id, None)
         if bar is not None:
             bar.close()

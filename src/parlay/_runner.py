@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._backends._base import Capabilities, Session
@@ -45,7 +45,7 @@ from ._batching import BatchSizer
 from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
 from ._instrument import CallInfo, Dispatcher
 from ._sharing import CallShares
-from ._worker import Batch, BatchResult, WorkerContext, batch_of, describe_task, emit_warnings
+from ._worker import Batch, BatchResult, WorkerContext, batch_of, deliver, describe_task, report
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ __all__ = ["Call"]
 class _InFlight:
     batch: Batch
     future: Future[BatchResult]
+    submitted: float
     started: float | None = None
 
 
@@ -112,6 +113,9 @@ class Call:
         self._shares = None if max_nbytes is None else CallShares(max_nbytes)
         self._blocking = session.blocking()
         self._events = instruments if instruments is not None and instruments.active else None
+        if self._events is not None and self._events.task_times:
+            self._context = replace(context, timing=True)
+        self._reports = self._events is not None and self._events.wants("batch_finished")
         self._info = CallInfo(backend_name, self._n_workers, self._remaining, nesting_level)
         self._n_tasks = 0
         self._t0 = time.perf_counter()
@@ -156,7 +160,7 @@ class Call:
                 self._remaining -= len(chunk)
             seq = next(self._seq)
             future = self._session.submit(batch)
-            self._inflight[seq] = _InFlight(batch, future)
+            self._inflight[seq] = _InFlight(batch, future, time.time())
             future.add_done_callback(functools.partial(self._notify, seq))
         self._mark_started()
 
@@ -257,15 +261,14 @@ class Call:
                 # An inline task cannot be interrupted: report it once it returns.
                 if self._inline_timeout is not None and result.elapsed > self._inline_timeout:
                     raise self._timeout_error(record.batch)
-                if result.warnings:
-                    emit_warnings(result)
+                deliver(result)
                 self._n_tasks += len(result.values)
                 self._sizer.observe(len(result.values), result.elapsed)
-                if self._events is not None:
+                if self._reports:
+                    assert self._events is not None
                     self._events.emit(
-                        "batch_finished", self._info, len(result.values), result.worker,
-                        result.elapsed,
-                    )  # fmt: skip
+                        "batch_finished", self._info, report(record.batch, result, record.submitted)
+                    )
                 self._fill()
                 yield record.batch, result
         except (TaskTimeoutError, KeyboardInterrupt) as exc:

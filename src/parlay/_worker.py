@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import threading
 import time
@@ -25,8 +26,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, cast
 
-from . import _budget, _config
+from . import _budget, _config, _output
 from ._exceptions import RemoteTraceback, SerializationError
+from ._instrument import BatchReport
 from ._sharing import CallShares, dumps_sharing, loads_shared, needs_sharing_pass, resolve
 
 __all__ = ["Batch", "BatchResult", "WorkerContext", "pack", "run_batch", "run_packed", "unpack"]
@@ -57,6 +59,11 @@ class WorkerContext:
     in_worker: bool = False
     # Threads each task's native pools (BLAS, OpenMP) may use in a worker process.
     native_threads: int | None = None
+    # Record when each task starts and ends (an instrument asked for task events).
+    timing: bool = False
+    # The lowest log level the caller's loggers let through: a worker process keeps
+    # the tasks' records from there up and sends them back (see ``_output``).
+    log_level: int = 30
 
 
 @dataclass(slots=True)
@@ -138,6 +145,36 @@ class BatchResult:
     fatal_tb: str | None = None
     # Warnings the tasks raised in a worker process: (message, category, filename, lineno).
     warnings: list[tuple[str, type[Warning], str, int]] = field(default_factory=list)
+    # Where it ran.
+    host: str = ""
+    pid: int = 0
+    thread: str = ""
+    # With WorkerContext.timing: the wall-clock time (time.time()) when the first task
+    # started, then when each task ended; task i ran from stamps[i] to stamps[i + 1].
+    stamps: list[float] | None = None
+    # Seconds the worker process spent unpickling the batch (moving data, not computing).
+    load_seconds: float = 0.0
+    # What the tasks wrote to sys.stdout / sys.stderr and logged, in a worker process.
+    stdout: str = ""
+    stderr: str = ""
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+_HOST: list[str] = []
+# Set in a worker process once it runs its first batch.
+_IN_WORKER_PROCESS: list[bool] = []
+
+
+def in_worker_process() -> bool:
+    """Whether this process is a worker of parlay's (in a pool or a cluster)."""
+    return bool(_IN_WORKER_PROCESS)
+
+
+def host_name() -> str:
+    """This machine's host name (looked up once per process)."""
+    if not _HOST:
+        _HOST.append(socket.gethostname())
+    return _HOST[0]
 
 
 def _worker_name() -> str:
@@ -145,6 +182,15 @@ def _worker_name() -> str:
     if thread is threading.main_thread():
         return f"pid {os.getpid()}"
     return f"pid {os.getpid()} thread {thread.name}"
+
+
+def _placed(result: BatchResult) -> BatchResult:
+    """Fill in where `result` was made: this host, process and thread."""
+    result.worker = _worker_name()
+    result.host = host_name()
+    result.pid = os.getpid()
+    result.thread = threading.current_thread().name
+    return result
 
 
 def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
@@ -159,17 +205,27 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
         _budget.BLAS.keep(native_threads)
     nesting_token = _budget.set_nesting(batch.context.nesting)
     layers_token = _config.set_layers(batch.context.layers)
+    stamps: list[float] | None = [] if batch.context.timing else None
+    captured = _output.Captured(batch.context.log_level) if remote else None
     t0 = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
     try:
-        with _joblib_bridge(batch.context), _warnings_caught(caught, remote):
-            values, errors, cancelled = _run_tasks(batch, remote)
+        with (
+            _joblib_bridge(batch.context),
+            _warnings_caught(caught, remote),
+            _output.capturing(captured),
+        ):
+            values, errors, cancelled = _run_tasks(batch, remote, stamps)
     finally:
         _config.reset_layers(layers_token)
         _budget.reset_nesting(nesting_token)
-    result = BatchResult(values, errors, time.perf_counter() - t0, _worker_name(), cancelled)
+    result = _placed(BatchResult(values, errors, time.perf_counter() - t0, "", cancelled))
+    result.stamps = stamps
     # The text, not the Warning object: it always pickles.
     result.warnings = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+    if captured is not None:
+        result.stdout, result.stderr = captured.stdout(), captured.stderr()
+        result.logs = captured.logs
     return result
 
 
@@ -195,6 +251,45 @@ def emit_warnings(result: BatchResult) -> None:
         warnings.warn_explicit(message, category, filename, lineno)
 
 
+def deliver(result: BatchResult) -> None:
+    """In the caller: replay what a worker process's tasks printed, logged and warned."""
+    if result.stdout or result.stderr or result.logs:
+        label = result.worker if result.host == host_name() else f"{result.host} {result.worker}"
+        _output.replay(label, result.stdout, result.stderr, result.logs)
+    if result.warnings:
+        emit_warnings(result)
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a task's function (what timelines and messages show)."""
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None)
+    return f"{module}.{name}" if module else name
+
+
+def report(batch: Batch, result: BatchResult, submitted: float) -> BatchReport:
+    """In the caller: what instruments are told of a batch that came back."""
+    if isinstance(batch.func, list):
+        functions = tuple(function_name(f) for f in batch.func[: len(result.values)])
+    else:
+        functions = (function_name(batch.func),)
+    return BatchReport(
+        batch.start,
+        len(result.values),
+        functions,
+        result.worker,
+        result.host,
+        result.pid,
+        result.thread,
+        submitted,
+        time.time(),
+        result.elapsed,
+        result.load_seconds,
+        frozenset(result.errors),
+        tuple(result.stamps) if result.stamps is not None else None,
+    )
+
+
 def _joblib_bridge(context: WorkerContext) -> contextlib.AbstractContextManager[Any]:
     """Route the tasks' joblib calls to parlay, in a worker where joblib is loaded."""
     if not context.in_worker or "joblib" not in sys.modules:
@@ -204,12 +299,18 @@ def _joblib_bridge(context: WorkerContext) -> contextlib.AbstractContextManager[
     return activated()
 
 
-def _run_tasks(batch: Batch, remote: bool) -> tuple[list[Any], dict[int, str | None], bool]:
+def _run_tasks(
+    batch: Batch, remote: bool, stamps: list[float] | None
+) -> tuple[list[Any], dict[int, str | None], bool]:
     values: list[Any] = []
     errors: dict[int, str | None] = {}
     append = values.append
     shared_func = None if isinstance(batch.func, list) else batch.func
     cancel = batch.cancel
+    # Timing costs two list operations a task; the untimed loop does not pay them.
+    stamp = stamps.append if stamps is not None else None
+    if stamp is not None:
+        stamp(time.time())
     # In a worker process, SystemExit and the like are the task's errors too (and travel
     # back to the caller); in the caller's own threads they keep their meaning.
     catch = BaseException if remote else Exception
@@ -225,7 +326,11 @@ def _run_tasks(batch: Batch, remote: bool) -> tuple[list[Any], dict[int, str | N
             append(exc)
             errors[offset] = "".join(traceback.format_exception(exc)) if remote else None
             if batch.stop_on_error:
+                if stamp is not None:
+                    stamp(time.time())
                 break
+        if stamp is not None:
+            stamp(time.time())
     return values, errors, False
 
 
@@ -234,9 +339,7 @@ def _run_tasks(batch: Batch, remote: bool) -> tuple[list[Any], dict[int, str | N
 
 def describe_task(func: Callable[..., Any], index: int) -> str:
     """Name a task for messages: ``task 7 (mymodule.f)``."""
-    name = getattr(func, "__qualname__", None) or type(func).__qualname__
-    module = getattr(func, "__module__", None)
-    return f"task {index} ({module}.{name})" if module else f"task {index} ({name})"
+    return f"task {index} ({function_name(func)})"
 
 
 def _sendable(batch: Batch) -> Batch:
@@ -294,6 +397,9 @@ def run_packed(payload: bytes, *shared: Any) -> bytes:
 
     `shared` are the values of the large arguments left out of the payload, in order.
     """
+    t0 = time.perf_counter()
+    if not _IN_WORKER_PROCESS:
+        _IN_WORKER_PROCESS.append(True)
     try:
         batch: Batch = loads_shared(payload, resolve(shared)) if shared else _loads(payload)
     except BaseException as exc:
@@ -303,8 +409,10 @@ def run_packed(payload: bytes, *shared: Any) -> bytes:
             f"{os.getpid()}): {type(exc).__name__}: {exc}. Check that the modules the "
             "tasks use can be imported in a fresh process."
         )
-        return _dumps(BatchResult([], worker=_worker_name(), fatal=failure, fatal_tb=tb))
+        return _dumps(_placed(BatchResult([], fatal=failure, fatal_tb=tb)))
+    load_seconds = time.perf_counter() - t0
     result = run_batch(batch, remote=True)
+    result.load_seconds = load_seconds
     try:
         return _dumps(result)
     except Exception:
@@ -329,7 +437,7 @@ def _picklable_result(batch: Batch, result: BatchResult) -> BatchResult:
             if batch.stop_on_error:
                 del values[offset + 1 :]
                 break
-    return BatchResult(values, errors, result.elapsed, result.worker, result.cancelled)
+    return replace(result, values=values, errors=errors)
 
 
 def unpack(data: bytes, batch: Batch) -> BatchResult:

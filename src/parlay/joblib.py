@@ -20,11 +20,13 @@ placement and the budget.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from joblib import parallel_config as _joblib_parallel_config
@@ -35,8 +37,9 @@ from . import _backends, _budget
 from ._api import Parallel, remember_decision, task_context
 from ._backends._base import Session
 from ._batching import BatchSizer
+from ._instrument import CallInfo, Dispatcher
 from ._negotiate import Decision
-from ._worker import BatchResult, WorkerContext, batch_of, emit_warnings
+from ._worker import Batch, BatchResult, WorkerContext, batch_of, deliver, function_name, report
 
 __all__ = ["ParlayBackend", "activated"]
 
@@ -54,6 +57,8 @@ class _CallState:
     sizer: BatchSizer
     cancel: threading.Event = field(default_factory=threading.Event)
     futures: set[Future[BatchResult]] = field(default_factory=set)
+    events: Dispatcher | None = None
+    info: CallInfo | None = None
 
 
 class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
@@ -104,13 +109,25 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         private = decision.nesting_level > 0
         session = _backends.acquire_session(backend, decision, cached=not private)
         caps = backend.capabilities
+        context = task_context(decision, caps, via=" (via joblib)")
+        events = front._instruments()
+        if events is not None and not events.active:
+            events = None
+        if events is not None and events.task_times:
+            context = replace(context, timing=True)
         state = _CallState(
             decision,
             session,
             private,
-            task_context(decision, caps, via=" (via joblib)"),
+            context,
             BatchSizer(None, target=caps.batch_seconds, n_workers=decision.n_jobs, timeout=None),
         )
+        if events is not None:
+            state.events = events
+            state.info = CallInfo(
+                decision.backend, decision.n_jobs, None, decision.nesting_level, via="joblib"
+            )
+            events.emit("call_started", state.info)
         self._calls.append(state)
         return decision.n_jobs
 
@@ -127,13 +144,15 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         future = state.session.submit(batch)
         state.futures.add(future)
         future.add_done_callback(state.futures.discard)
+        if state.events is not None and state.events.wants("batch_finished"):
+            future.add_done_callback(functools.partial(_report, state, batch, time.time()))
         if callback is not None:
             future.add_done_callback(callback)
         return future
 
     def retrieve_result_callback(self, future: Future[BatchResult]) -> Any:
         result = future.result()
-        emit_warnings(result)
+        deliver(result)
         if result.fatal is not None:
             raise result.fatal
         if result.errors:
@@ -160,6 +179,8 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         if not self._calls:
             return
         state = self._calls.pop()
+        if state.events is not None:
+            state.events.emit("call_finished", state.info, None)
         if state.private:
             state.session.close()
 
@@ -185,6 +206,24 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled into joblib's batches as the nested backend: only the level travels.
         return (ParlayBackend, (self.nesting_level, self.inner_max_num_threads))
+
+
+def _report(state: _CallState, batch: Batch, submitted: float, future: Future[BatchResult]) -> None:
+    """Tell the call's instruments of a joblib batch that came back (one parlay task)."""
+    if future.cancelled() or future.exception() is not None or state.events is None:
+        return
+    result = future.result()
+    if result.fatal is not None:
+        return
+    batched = batch.func_of(0)
+    # joblib's BatchedCalls: count and name the joblib tasks inside.
+    items = getattr(batched, "items", None)
+    n_tasks = len(items) if isinstance(items, list) else 1
+    first = items[0][0] if items else batched
+    # scikit-learn wraps each task's function (utils.parallel._FuncWrapper).
+    name = function_name(getattr(first, "function", first))
+    done = replace(report(batch, result, submitted), n_tasks=n_tasks, functions=(name,))
+    state.events.emit("batch_finished", state.info, done)
 
 
 def _call_site() -> str:
