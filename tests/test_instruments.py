@@ -86,6 +86,49 @@ def test_progress_bar_counts_completed_tasks(
     assert "12task" in capsys.readouterr().err  # a generator has no length: a count
 
 
+def inner_call(i: int) -> int:
+    return sum(Parallel(n_jobs=-1, backend="threads")([delayed(square)(j) for j in range(5)]))
+
+
+def test_nested_calls_on_threads_draw_nested_bars(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    with parallel_config(progress=True):
+        out = Parallel(n_jobs=2, backend="threads")([delayed(inner_call)(i) for i in range(3)])
+    assert out == [30] * 3
+    err = capsys.readouterr().err
+    assert "3/3" in err  # the outer bar, left on screen
+    # Each inner call drew its own bar, indented under the outer one (its budget of one
+    # core makes it run inline).
+    assert err.count("\r  sequential:   0%") == 3, err
+
+
+def test_nested_calls_in_worker_processes_draw_no_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    with parallel_config(progress=True):
+        Parallel(n_jobs=2, backend="processes")([delayed(inner_call)(i) for i in range(3)])
+    captured = capsys.readouterr()
+    assert "3/3" in captured.err
+    # A bar drawn in a worker would come back as that worker's captured output.
+    assert "[pid" not in captured.err + captured.out
+
+
+def test_scikit_learn_calls_through_the_bridge_get_a_bar(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("tqdm")
+    pytest.importorskip("sklearn")
+    from sklearn.utils.parallel import Parallel as SkParallel
+    from sklearn.utils.parallel import delayed as sk_delayed
+
+    recorder = Recorder()
+    with parallel_config(backend="threads", progress=True, instruments=[recorder]):
+        SkParallel(n_jobs=2)(sk_delayed(square)(i) for i in range(9))
+    assert "threads (joblib)" in capsys.readouterr().err
+    assert recorder.done == 9  # joblib's tasks, counted inside its batches
+    assert [c.via for c in recorder.started] == ["joblib"]
+    assert recorder.finished == [None]
+
+
 def test_bad_instruments_are_rejected() -> None:
     with pytest.raises(TypeError, match="instruments"):
         Parallel(instruments=[object()])  # type: ignore[list-item]
@@ -93,28 +136,3 @@ def test_bad_instruments_are_rejected() -> None:
         Parallel(progress="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="instruments"):
         parallel_config(instruments=3)
-
-
-def warn_and_return(i: int) -> int:
-    import warnings
-
-    warnings.warn(f"careful with {i}", UserWarning, stacklevel=1)
-    return i
-
-
-def test_warnings_raised_in_tasks_reach_the_caller(backend: str) -> None:
-    with pytest.warns(UserWarning, match=r"careful with \d"):
-        out = Parallel(n_jobs=2, backend=backend)(delayed(warn_and_return)(i) for i in range(5))
-    assert out == list(range(5))
-
-
-def test_warnings_of_scikit_learn_fits_in_workers_reach_the_caller() -> None:
-    sklearn = pytest.importorskip("sklearn")
-    from sklearn.utils.parallel import Parallel as SkParallel
-    from sklearn.utils.parallel import delayed as sk_delayed
-
-    import parlay
-
-    assert sklearn is not None
-    with parlay.parallel_config(backend="processes"), pytest.warns(UserWarning, match="careful"):
-        SkParallel(n_jobs=2)(sk_delayed(warn_and_return)(i) for i in range(4))
