@@ -39,9 +39,12 @@ from ._backends._base import Session
 from ._batching import BatchSizer
 from ._instrument import CallInfo, Dispatcher
 from ._negotiate import Decision
+from ._sharing import CallShares
 from ._worker import Batch, BatchResult, WorkerContext, batch_of, deliver, function_name, report
 
 __all__ = ["ParlayBackend", "activated"]
+
+_ONE_MIB = 1 << 20
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class _CallState:
     futures: set[Future[BatchResult]] = field(default_factory=set)
     events: Dispatcher | None = None
     info: CallInfo | None = None
+    # Large arrays the call's batches carry, sent to the engine once for the call.
+    shares: CallShares | None = None
 
 
 class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
@@ -122,6 +127,9 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
             context,
             BatchSizer(None, target=caps.batch_seconds, n_workers=decision.n_jobs, timeout=None),
         )
+        max_nbytes = backend_kwargs.get("max_nbytes", _ONE_MIB)
+        if caps.separate_processes and isinstance(max_nbytes, int):
+            state.shares = CallShares(max_nbytes)
         if events is not None:
             state.events = events
             state.info = CallInfo(
@@ -140,7 +148,9 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
     ) -> Future[BatchResult]:
         state = self._state()
-        batch = batch_of(0, [(func, (), {})], state.context, True, state.cancel)
+        # joblib's batch as the task's argument, so that the large arrays inside it
+        # (scikit-learn's X and y) are found and sent once per call, not once per batch.
+        batch = batch_of(0, [(_run, (func,), {})], state.context, True, state.cancel, state.shares)
         future = state.session.submit(batch)
         state.futures.add(future)
         future.add_done_callback(state.futures.discard)
@@ -179,6 +189,8 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         if not self._calls:
             return
         state = self._calls.pop()
+        if state.shares is not None:
+            state.shares.clear()
         if state.events is not None:
             state.events.emit("call_finished", state.info, None)
         if state.private:
@@ -208,6 +220,11 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         return (ParlayBackend, (self.nesting_level, self.inner_max_num_threads))
 
 
+def _run(batched: Callable[[], Any]) -> Any:
+    """Run one joblib batch (a ``BatchedCalls``) in a worker."""
+    return batched()
+
+
 def _report(state: _CallState, batch: Batch, submitted: float, future: Future[BatchResult]) -> None:
     """Tell the call's instruments of a joblib batch that came back (one parlay task)."""
     if future.cancelled() or future.exception() is not None or state.events is None:
@@ -215,7 +232,7 @@ def _report(state: _CallState, batch: Batch, submitted: float, future: Future[Ba
     result = future.result()
     if result.fatal is not None:
         return
-    batched = batch.func_of(0)
+    batched = batch.args[0][0]
     # joblib's BatchedCalls: count and name the joblib tasks inside.
     items = getattr(batched, "items", None)
     n_tasks = len(items) if isinstance(items, list) else 1
