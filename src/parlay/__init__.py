@@ -12,6 +12,7 @@ Layers, each building only on those above it::
     _backends                     registry (by name, loaded lazily) and the session cache
     _negotiate                    decide(): pure, returns a Decision with its reasons
     _batching, _runner            batch sizes; the dispatch loop of one call
+    _instrument, _timeline        events of calls; progress bars, the task-stream timeline
     _api                          Parallel, delayed: the front door
 """
 
@@ -39,6 +40,8 @@ from ._instrument import CallInfo as CallInfo
 from ._instrument import Instrument as Instrument
 from ._instrument import TaskRecord as TaskRecord
 from ._negotiate import Decision as Decision
+from ._timeline import Timeline as Timeline
+from ._timeline import timeline as timeline
 from ._worker import Batch as Batch
 from ._worker import BatchResult as BatchResult
 
@@ -63,6 +66,7 @@ __all__ = [
     "Task",
     "TaskRecord",
     "TaskTimeoutError",
+    "Timeline",
     "WorkerDiedError",
     "cpu_count",
     "delayed",
@@ -71,6 +75,7 @@ __all__ = [
     "parallel_config",
     "register_backend",
     "shutdown",
+    "timeline",
 ]
 
 for _name in __all__:
