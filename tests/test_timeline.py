@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import parlay
@@ -278,23 +279,30 @@ def test_the_page_renders_its_bars_in_chromium(tmp_path: Path) -> None:
             # (the bars of `nap`) shows up on screen.
             blue = (0x1F, 0x77, 0xB4)
             deadline = time.monotonic() + 30
-            colours: set[tuple[int, int, int]] = set()
-            while time.monotonic() < deadline:
-                colours = _colours(page.screenshot())
-                if blue in colours:
-                    break
+            shot = _pixels(page.screenshot())
+            while not _find(shot, blue) and time.monotonic() < deadline:
                 page.wait_for_timeout(200)
-            assert len(colours) > 2, "the screenshot is blank"
-            assert blue in colours, "no task bar was drawn"
+                shot = _pixels(page.screenshot())
+            assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 2, "the screenshot is blank"
+            assert _find(shot, blue), "no task bar was drawn"
+            # Hovering a bar shows the task.
+            x, y = _find(shot, blue)[0]
+            page.mouse.move(x + 2, y + 2)
+            page.get_by_text("duration:").wait_for(state="visible", timeout=10_000)
+            assert page.get_by_text(f"{__name__}.nap").count() >= 1
             assert errors == []
         finally:
             context.close()
 
 
-def _colours(png: bytes) -> set[tuple[int, int, int]]:
+def _pixels(png: bytes) -> np.ndarray:
     import io
 
     from PIL import Image
 
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    return {colour for _, colour in image.getcolors(maxcolors=1 << 20) or []}
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _find(pixels: np.ndarray, colour: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """The (x, y) places of `colour` in a screenshot."""
+    return [(int(x), int(y)) for y, x in np.argwhere((pixels == colour).all(axis=-1))]

@@ -605,7 +605,7 @@ def timeline() -> Iterator[Timeline]:
     >>> len(tl.records)
     4
     >>> print(tl.summary().splitlines()[0])  # doctest: +ELLIPSIS
-    call ...: threads, 2 workers, 4 tasks, ... s...
+    call ...: threads, 2 workers, 4 tasks, ...
 
     See Also
     --------
