@@ -25,10 +25,10 @@ def nap(i: int, seconds: float) -> int:
 
 def test_records_every_task_on_every_backend(backend: str) -> None:
     with parlay.timeline() as tl:
-        out = Parallel(n_jobs=2, backend=backend)(delayed(nap)(i, 0.05) for i in range(8))
-    assert out == list(range(8))
+        out = Parallel(n_jobs=2, backend=backend)(delayed(nap)(i, 0.05) for i in range(12))
+    assert out == list(range(12))
     records = tl.records
-    assert sorted(r.task for r in records) == list(range(8)), "each task recorded once"
+    assert sorted(r.task for r in records) == list(range(12)), "each task recorded once"
     assert [r.start for r in records] == sorted(r.start for r in records)
     assert {r.backend for r in records} == {backend}
     assert {r.status for r in records} == {"ok"}
