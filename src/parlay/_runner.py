@@ -159,8 +159,9 @@ class Call:
             if self._remaining is not None:
                 self._remaining -= len(chunk)
             seq = next(self._seq)
+            submitted = time.time()
             future = self._session.submit(batch)
-            self._inflight[seq] = _InFlight(batch, future, time.time())
+            self._inflight[seq] = _InFlight(batch, future, submitted)
             future.add_done_callback(functools.partial(self._notify, seq))
         self._mark_started()
 

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -185,9 +185,8 @@ class Timeline(Instrument):
     def records(self) -> list[TaskRecord]:
         """One :class:`TaskRecord` a task, sorted by start time.
 
-        A joblib call (``CallInfo.via == "joblib"``) reports each joblib batch as one
-        task, since joblib does not tell its backend the tasks' indices: its records
-        stand for its batches, numbered in the order they finished.
+        A joblib call (``CallInfo.via == "joblib"``) runs its tasks in joblib's batches,
+        and each batch is one record, numbered by its first joblib task.
         """
         records: list[TaskRecord] = []
         for call, batch in self._reports():
@@ -197,14 +196,7 @@ class Timeline(Instrument):
 
     def _reports(self) -> list[tuple[CallInfo, BatchReport]]:
         with self._lock:
-            batches = list(self._batches)
-        numbered: dict[int, int] = {}
-        for i, (call, batch) in enumerate(batches):
-            if call.via == "joblib":
-                first = numbered.get(call.call_id, 0)
-                numbered[call.call_id] = first + 1
-                batches[i] = (call, replace(batch, first=first))
-        return batches
+            return list(self._batches)
 
     def to_dataframe(self) -> Any:
         """The records as a pandas ``DataFrame``, one row a task, with a ``duration`` column.

@@ -309,8 +309,9 @@ def _run_tasks(
     cancel = batch.cancel
     # Timing costs two list operations a task; the untimed loop does not pay them.
     stamp = stamps.append if stamps is not None else None
+    clock = time.time
     if stamp is not None:
-        stamp(time.time())
+        stamp(clock())
     # In a worker process, SystemExit and the like are the task's errors too (and travel
     # back to the caller); in the caller's own threads they keep their meaning.
     catch = BaseException if remote else Exception
@@ -327,10 +328,10 @@ def _run_tasks(
             errors[offset] = "".join(traceback.format_exception(exc)) if remote else None
             if batch.stop_on_error:
                 if stamp is not None:
-                    stamp(time.time())
+                    stamp(clock())
                 break
         if stamp is not None:
-            stamp(time.time())
+            stamp(clock())
     return values, errors, False
 
 

@@ -64,6 +64,7 @@ class _CallState:
     info: CallInfo | None = None
     # Large arrays the call's batches carry, sent to the engine once for the call.
     shares: CallShares | None = None
+    n_dispatched: int = 0  # joblib tasks submitted so far
 
 
 class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
@@ -151,11 +152,16 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         # joblib's batch as the task's argument, so that the large arrays inside it
         # (scikit-learn's X and y) are found and sent once per call, not once per batch.
         batch = batch_of(0, [(_run, (func,), {})], state.context, True, state.cancel, state.shares)
+        submitted = time.time()
         future = state.session.submit(batch)
         state.futures.add(future)
         future.add_done_callback(state.futures.discard)
         if state.events is not None and state.events.wants("batch_finished"):
-            future.add_done_callback(functools.partial(_report, state, batch, time.time()))
+            # Number the joblib tasks in the order joblib dispatches them.
+            first = state.n_dispatched
+            state.n_dispatched += len(func) if hasattr(func, "__len__") else 1
+            report_it = functools.partial(_report, state, batch, first, submitted)
+            future.add_done_callback(report_it)
         if callback is not None:
             future.add_done_callback(callback)
         return future
@@ -225,7 +231,9 @@ def _run(batched: Callable[[], Any]) -> Any:
     return batched()
 
 
-def _report(state: _CallState, batch: Batch, submitted: float, future: Future[BatchResult]) -> None:
+def _report(
+    state: _CallState, batch: Batch, first: int, submitted: float, future: Future[BatchResult]
+) -> None:
     """Tell the call's instruments of a joblib batch that came back (one parlay task)."""
     if future.cancelled() or future.exception() is not None or state.events is None:
         return
@@ -236,10 +244,12 @@ def _report(state: _CallState, batch: Batch, submitted: float, future: Future[Ba
     # joblib's BatchedCalls: count and name the joblib tasks inside.
     items = getattr(batched, "items", None)
     n_tasks = len(items) if isinstance(items, list) else 1
-    first = items[0][0] if items else batched
+    head = items[0][0] if items else batched
     # scikit-learn wraps each task's function (utils.parallel._FuncWrapper).
-    name = function_name(getattr(first, "function", first))
-    done = replace(report(batch, result, submitted), n_tasks=n_tasks, functions=(name,))
+    name = function_name(getattr(head, "function", head))
+    done = replace(
+        report(batch, result, submitted), first=first, n_tasks=n_tasks, functions=(name,)
+    )
     state.events.emit("batch_finished", state.info, done)
 
 
