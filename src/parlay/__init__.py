@@ -40,7 +40,9 @@ from ._instrument import CallInfo as CallInfo
 from ._instrument import Instrument as Instrument
 from ._instrument import TaskRecord as TaskRecord
 from ._negotiate import Decision as Decision
+from ._timeline import CallRecord as CallRecord
 from ._timeline import Timeline as Timeline
+from ._timeline import WorkerInsight as WorkerInsight
 from ._timeline import timeline as timeline
 from ._worker import Batch as Batch
 from ._worker import BatchResult as BatchResult
@@ -54,6 +56,7 @@ __all__ = [
     "BatchReport",
     "BatchResult",
     "CallInfo",
+    "CallRecord",
     "Capabilities",
     "Decision",
     "Instrument",
@@ -68,6 +71,7 @@ __all__ = [
     "TaskTimeoutError",
     "Timeline",
     "WorkerDiedError",
+    "WorkerInsight",
     "cpu_count",
     "delayed",
     "effective_n_jobs",
