@@ -5,7 +5,9 @@ Run with ``make demo`` (or ``python examples/demo.py`` in an environment with pa
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +43,28 @@ def failing(i: int) -> int:
     if i == 7:
         raise ValueError(f"bad input {i}")
     return i
+
+
+def chatty(i: int) -> int:
+    """A task that prints: its output comes back to this terminal, named by worker."""
+    print(f"task {i} says hello")
+    return i
+
+
+def grid_search() -> object:
+    """scikit-learn's nested parallelism: a grid search over forests, both n_jobs=-1."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = make_classification(n_samples=2_000, n_features=20, random_state=0)
+    search = GridSearchCV(
+        RandomForestClassifier(n_estimators=50, n_jobs=-1, random_state=0),
+        {"max_depth": [4, None], "min_samples_leaf": [1, 5]},
+        cv=3,
+        n_jobs=-1,
+    )
+    return search.fit(X, y)
 
 
 def timed(label: str, call) -> None:  # type: ignore[no-untyped-def]
@@ -103,10 +127,21 @@ def main() -> None:
             lambda: Parallel(n_jobs=-1)(delayed(nested)(s) for s in range(8)),
         )
 
-    print("\n4. A progress bar of completed tasks, on any backend")
-    Parallel(n_jobs=-1, progress=True)([delayed(python_work)(300_000) for _ in range(24)])
+    print("\n4. scikit-learn on the cluster, and a picture of what ran where")
+    with parallel_config(backend="dask"), parlay.timeline() as tl:
+        timed("GridSearchCV(RandomForest(n_jobs=-1), n_jobs=-1)", grid_search)
+        print(f"  decided for scikit-learn's last call: {parlay.explain_last()!r}")
+    print(tl.summary())
+    path = Path(tempfile.gettempdir()) / "parlay-demo" / "timeline.html"
+    path.parent.mkdir(exist_ok=True)
+    tl.save(path)
+    print(f"  task-stream timeline written to {path} (open it in a browser)")
 
-    print("\n5. Errors you can act on")
+    print("\n5. A progress bar of completed tasks, on any backend, and the tasks' output")
+    Parallel(n_jobs=-1, progress=True)([delayed(python_work)(300_000) for _ in range(24)])
+    Parallel(n_jobs=2, backend="processes")(delayed(chatty)(i) for i in range(2))
+
+    print("\n6. Errors you can act on")
     try:
         Parallel(n_jobs=-1)(delayed(failing)(i) for i in range(20))
     except ValueError as exc:

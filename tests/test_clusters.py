@@ -51,6 +51,11 @@ def test_embedded_cluster_is_started_once_on_loopback_and_closed(
     host = psutil.Process(first.process.pid)
     tree = [host, *host.children(recursive=True)]
     assert len(tree) >= 3, "a host process and one worker process per core"
+    listening = [
+        c.laddr for p in tree for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening, "the scheduler and workers listen"
+    assert all(address.ip == "127.0.0.1" for address in listening), listening
     parlay.shutdown()
     _gone, alive = psutil.wait_procs(tree, timeout=20)
     assert not alive, f"cluster processes outlived parlay.shutdown(): {alive}"

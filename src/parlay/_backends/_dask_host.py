@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         threads_per_worker=args.threads,
         processes=True,
         host="127.0.0.1",
-        dashboard_address="127.0.0.1:0" if args.dashboard else None,
+        # The scheduler serves HTTP (health, metrics) even without the dashboard: on
+        # loopback, on a free port, never on 0.0.0.0:8787.
+        dashboard_address="127.0.0.1:0",
         scheduler_kwargs={"dashboard": args.dashboard},
         silence_logs=logging.ERROR,
     )
