@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import threading
 
 import pytest
@@ -129,10 +131,38 @@ def test_scikit_learn_calls_through_the_bridge_get_a_bar(
     assert recorder.finished == [None]
 
 
+def test_rich_progress_shows_every_call_in_one_display(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("rich")
+    with parallel_config(progress="rich"):
+        out = Parallel(n_jobs=2, backend="threads")([delayed(inner_call)(i) for i in range(3)])
+    assert out == [30] * 3
+    shown = capsys.readouterr().out
+    assert re.search(r"threads .*3/3", shown), shown
+    # Nested rows are removed when their call ends; the display is closed after the last.
+    from parlay._instrument import RichProgressBar
+
+    assert RichProgressBar._display is None
+    assert RichProgressBar._users == 0
+
+
+@pytest.mark.parametrize(("kind", "extra"), [("tqdm", "progress"), ("rich", "rich")])
+def test_a_missing_progress_library_names_the_extra(
+    kind: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (kind, f"{kind}.auto", f"{kind}.progress"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=re.escape(f'pip install "parlay[{extra}]"')):
+        Parallel(n_jobs=2, backend="threads", progress=kind)(delayed(square)(i) for i in range(3))
+
+
 def test_bad_instruments_are_rejected() -> None:
     with pytest.raises(TypeError, match="instruments"):
         Parallel(instruments=[object()])  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="progress"):
+    with pytest.raises(ValueError, match="progress must be True, False, 'tqdm' or 'rich'"):
         Parallel(progress="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="progress must be"):
+        parallel_config(progress=1)
     with pytest.raises(TypeError, match="instruments"):
         parallel_config(instruments=3)

@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, final
 from . import _backends, _budget, _config, _output
 from ._backends._base import Backend, Capabilities, Session
 from ._config import UNSET
-from ._instrument import Dispatcher, Instrument, ProgressBar
+from ._instrument import Dispatcher, Instrument, ProgressBar, RichProgressBar
 from ._negotiate import CallHints, Decision, UserContext, decide
 from ._runner import Call
 from ._worker import WorkerContext, in_worker_process
@@ -251,9 +251,11 @@ class Parallel:
         Return a task's exception in place of its result instead of raising it, so
         the other results are kept. Errors of the pool itself (a dead worker, a
         timeout) are still raised.
-    progress : bool, optional
-        Show a progress bar of completed tasks (tqdm; ``pip install "parlay[progress]"``),
-        with ``n_jobs=1`` too. Unset, the context's ``parallel_config(progress=...)``.
+    progress : bool or {"tqdm", "rich"}, optional
+        Show a progress bar of completed tasks, with ``n_jobs=1`` too: True or "tqdm"
+        for tqdm (``pip install "parlay[progress]"``; a widget in notebooks), "rich" for
+        rich (``pip install "parlay[rich]"``). Unset, the context's
+        ``parallel_config(progress=...)``.
     instruments : iterable of Instrument, optional
         Objects that receive the call's events (see :class:`parlay.Instrument`), with
         those of the context.
@@ -284,7 +286,7 @@ class Parallel:
         require: Literal["sharedmem"] | None = None,
         *,
         return_exceptions: bool = False,
-        progress: bool | None = None,
+        progress: bool | Literal["tqdm", "rich"] | None = None,
         instruments: Iterable[Instrument] = (),
     ) -> None:
         n_jobs_arg = _none_to_unset(n_jobs)
@@ -306,7 +308,7 @@ class Parallel:
         if not isinstance(return_exceptions, bool):
             raise TypeError(f"return_exceptions must be a bool, got {return_exceptions!r}")
         self._return_exceptions = return_exceptions
-        self._progress = UNSET if progress is None else _config.check_bool(progress, "progress")
+        self._progress = UNSET if progress is None else _config.check_progress(progress)
         self._extra_instruments = _config.check_instruments(instruments)
         self._managed: tuple[Decision, Backend, Session, bool] | None = None
 
@@ -426,8 +428,9 @@ class Parallel:
             instruments.extend(layer.values.get("instruments", ()))
         # A bar drawn in a worker process would reach the terminal as captured text:
         # nested calls get bars in the caller's process only (threads), nested below it.
-        if not in_worker_process() and _config.resolve("progress", self._progress, False).value:
-            instruments.append(ProgressBar())
+        kind = _config.resolve("progress", self._progress, None).value
+        if kind is not None and not in_worker_process():
+            instruments.append(ProgressBar() if kind == "tqdm" else RichProgressBar())
         return Dispatcher(instruments) if instruments else None
 
     def __enter__(self) -> Parallel:

@@ -92,6 +92,20 @@ def check_bool(value: object, name: str) -> bool:
     return value
 
 
+PROGRESS_KINDS: Final = ("tqdm", "rich")
+
+
+def check_progress(value: object) -> str | None:
+    """Validate ``progress``: True (tqdm), False, "tqdm" or "rich"; None means no bar."""
+    if value is True:
+        return "tqdm"
+    if value is False:
+        return None
+    if isinstance(value, str) and value in PROGRESS_KINDS:
+        return value
+    raise ValueError(f"progress must be True, False, 'tqdm' or 'rich', got {value!r}")
+
+
 def check_instruments(value: object) -> tuple[Any, ...]:
     """Validate instruments: an iterable of parlay.Instrument objects."""
     from ._instrument import Instrument
@@ -237,8 +251,8 @@ class parallel_config:
         Threads allowed to native (BLAS/OpenMP) pools in each worker.
     max_nbytes, temp_folder, mmap_mode
         joblib's large-argument settings, accepted so joblib code runs unchanged.
-    progress : bool, optional
-        A progress bar of completed tasks for every call in the block.
+    progress : bool or {"tqdm", "rich"}, optional
+        A progress bar of completed tasks for every call in the block (True: tqdm).
     instruments : iterable of Instrument, optional
         Objects that receive the events of every call in the block.
     **backend_params
@@ -282,7 +296,7 @@ class parallel_config:
             "max_nbytes": check_max_nbytes,
             "temp_folder": check_temp_folder,
             "mmap_mode": lambda v: check_choice(v, "mmap_mode", MMAP_MODES),
-            "progress": lambda v: check_bool(v, "progress"),
+            "progress": check_progress,
             "instruments": check_instruments,
         }
         given = {

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, NamedTuple
 
-__all__ = ["BatchReport", "CallInfo", "Instrument", "ProgressBar", "TaskRecord"]
+__all__ = ["BatchReport", "CallInfo", "Instrument", "ProgressBar", "RichProgressBar", "TaskRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,3 +236,67 @@ class ProgressBar(Instrument):
         bar = self._bars.pop(call.call_id, None)
         if bar is not None:
             bar.close()
+
+
+class RichProgressBar(Instrument):
+    """Progress of completed tasks drawn with rich (``progress="rich"``).
+
+    rich allows one live display at a time, so every call of the process shares one: the
+    first call to start opens it, each call adds a row (nested calls below their parent,
+    removed when they end), and the last call to end closes it.
+    """
+
+    _lock: ClassVar = threading.Lock()
+    _display: ClassVar[Any] = None
+    _users: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        try:
+            import rich.progress  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(
+                'progress="rich" needs rich, which is not installed: pip install "parlay[rich]"'
+            ) from exc
+        self._rows: dict[int, Any] = {}
+
+    @classmethod
+    def _open(cls) -> Any:
+        from rich import progress
+
+        if cls._display is None:
+            cls._display = progress.Progress(
+                progress.TextColumn("{task.description}"),
+                progress.BarColumn(),
+                progress.MofNCompleteColumn(),
+                progress.TimeElapsedColumn(),
+                progress.TimeRemainingColumn(),
+            )
+            cls._display.start()
+        cls._users += 1
+        return cls._display
+
+    def call_started(self, call: CallInfo) -> None:
+        desc = call.backend if call.via == "parlay" else f"{call.backend} (joblib)"
+        with self._lock:
+            display = self._open()
+            self._rows[call.call_id] = display.add_task(
+                "  " * call.nesting_level + desc, total=call.n_tasks
+            )
+
+    def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
+        row = self._rows.get(call.call_id)
+        if row is not None and self._display is not None:
+            self._display.advance(row, batch.n_tasks)
+
+    def call_finished(self, call: CallInfo, error: BaseException | None) -> None:
+        cls = type(self)
+        with self._lock:
+            row = self._rows.pop(call.call_id, None)
+            if row is None or cls._display is None:
+                return
+            if call.nesting_level:
+                cls._display.remove_task(row)
+            cls._users -= 1
+            if cls._users == 0:
+                cls._display.stop()
+                cls._display = None
