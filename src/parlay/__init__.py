@@ -16,6 +16,8 @@ Layers, each building only on those above it::
     _api                          Parallel, delayed: the front door
 """
 
+from typing import Any as _Any
+
 from ._api import Parallel as Parallel
 from ._api import Task as Task
 from ._api import delayed as delayed
@@ -49,6 +51,52 @@ from ._worker import BatchResult as BatchResult
 
 __version__ = "0.1.0.dev0"
 
+
+def share(array: _Any, *, writable: bool = False) -> _Any:
+    """Copy `array` once into shared memory; pass the result to tasks instead of `array`.
+
+    Parameters
+    ----------
+    array : array_like
+        The data (anything ``numpy.asarray`` takes, of a dtype without Python objects).
+    writable : bool, default=False
+        Whether tasks in worker processes may write into it. Writes are then shared: the
+        caller and every task see them (mind races between tasks). Without it, tasks get
+        a read-only view; the caller can always write, and tasks of later calls see it.
+
+    Returns
+    -------
+    SharedArray
+        An ``ndarray`` in a shared-memory segment, freed when it and all its views are
+        collected (and by a resource tracker if the process dies).
+
+    Examples
+    --------
+    >>> import numpy as np, parlay
+    >>> data = parlay.share(np.arange(6.0))          # one copy, in shared memory
+    >>> sums = parlay.Parallel(n_jobs=2, backend="processes")(
+    ...     parlay.delayed(np.sum)(data[i::2]) for i in range(2)
+    ... )                                             # tasks get views, not copies
+    >>> [float(s) for s in sums]
+    [6.0, 9.0]
+    >>> data[:] = 1.0                                 # changed in place: never stale
+    >>> [float(s) for s in parlay.Parallel(n_jobs=2, backend="processes")(
+    ...     parlay.delayed(np.sum)(data[i::2]) for i in range(2))]
+    [3.0, 3.0]
+    """
+    from ._shared import share as _share  # here: `import parlay` does not import NumPy
+
+    return _share(array, writable=writable)
+
+
+def __getattr__(name: str) -> _Any:
+    if name == "SharedArray":
+        from ._shared import SharedArray
+
+        return SharedArray
+    raise AttributeError(f"module 'parlay' has no attribute {name!r}")
+
+
 __all__ = [
     "Backend",
     "BackendUnavailableError",
@@ -78,6 +126,7 @@ __all__ = [
     "explain_last",
     "parallel_config",
     "register_backend",
+    "share",
     "shutdown",
     "timeline",
 ]

@@ -20,15 +20,17 @@ import io
 import mmap
 import os
 import pickle
+import sys
 import tempfile
 import threading
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
-__all__ = ["CallShares", "dumps_sharing", "loads_shared"]
+__all__ = ["CallShares", "SegmentRef", "dumps_sharing", "loads_shared"]
 
 # Argument types that never hold a large array: a batch of only these skips the slower
 # pickler with a persistent_id hook (a Python call per pickled object).
@@ -49,7 +51,7 @@ class CallShares:
             handles = [handle for _, handle in self.handles.values()]
             self.handles.clear()
         for handle in handles:
-            if isinstance(handle, SharedArray):
+            if isinstance(handle, CallCopy):
                 handle.release()
 
 
@@ -78,21 +80,38 @@ def _pickler_class() -> type:
     class SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
         """cloudpickle's pickler that leaves large arrays out, as persistent ids."""
 
-        def __init__(self, file: io.BytesIO, shares: CallShares, put: Callable[[object], Any]):
+        def __init__(
+            self,
+            file: io.BytesIO,
+            shares: CallShares,
+            put: Callable[[object], Any],
+            local: bool,
+        ):
             super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
             self.shares = shares
             self.put = put
+            self.local = local
             self.used: list[Any] = []
             self.positions: dict[int, int] = {}
 
         def persistent_id(self, value: object) -> int | None:
+            shared = sys.modules.get("parlay._shared")  # loaded by parlay.share()
+            if shared is not None and isinstance(value, shared.SharedArray):
+                if self.local:
+                    # Workers on this machine map the user's segment: nothing is copied.
+                    return self._position(value, value.ref)
+                plain = value.view(_numpy().ndarray)
+                return self._position(value, lambda: self.put(plain))
             if not _is_large(value, self.shares.max_nbytes):
                 return None
+            return self._position(value, lambda: self.put(value))
+
+        def _position(self, value: object, make: Callable[[], Any]) -> int:
             key = id(value)
             if key not in self.positions:
                 with self.shares.lock:
                     if key not in self.shares.handles:
-                        self.shares.handles[key] = (value, self.put(value))
+                        self.shares.handles[key] = (value, make())
                     handle = self.shares.handles[key][1]
                 self.positions[key] = len(self.used)
                 self.used.append(handle)
@@ -102,11 +121,15 @@ def _pickler_class() -> type:
 
 
 def dumps_sharing(
-    obj: object, shares: CallShares, put: Callable[[object], Any]
+    obj: object, shares: CallShares, put: Callable[[object], Any], *, local: bool = False
 ) -> tuple[bytes, list[Any]]:
-    """Pickle `obj` with its large arrays left out; return the payload and their handles."""
+    """Pickle `obj` with its large arrays left out; return the payload and their handles.
+
+    With ``local=True`` (the workers run on this machine) arrays made by
+    :func:`parlay.share` travel as references to their segments, never copied.
+    """
     buffer = io.BytesIO()
-    pickler = _pickler_class()(buffer, shares, put)
+    pickler = _pickler_class()(buffer, shares, put, local)
     pickler.dump(obj)
     return buffer.getvalue(), pickler.used
 
@@ -180,10 +203,10 @@ class SharedRef(NamedTuple):
 
 def resolve(values: tuple[Any, ...]) -> tuple[Any, ...]:
     """In a worker: map the shared references among `values`, leave the rest."""
-    return tuple(v.attach() if isinstance(v, SharedRef) else v for v in values)
+    return tuple(v.attach() if isinstance(v, SharedRef | SegmentRef) else v for v in values)
 
 
-class SharedArray:
+class CallCopy:
     """A NumPy array copied once into shared memory; pickles as a small :class:`SharedRef`.
 
     The caller's side owns the segment and removes it in :meth:`release`.
@@ -245,6 +268,100 @@ def _untrack(path: str) -> None:
         resource_tracker.unregister(path, "file")
 
 
-def share_locally(value: object) -> SharedArray:
+def share_locally(value: object) -> CallCopy:
     """The ``put`` of engines whose workers run on this machine."""
-    return SharedArray(value)
+    return CallCopy(value)
+
+
+# -- parlay.share: arrays that live in shared memory -----------------------------------------
+
+
+def _numpy() -> Any:
+    import numpy
+
+    return numpy
+
+
+class _Segment:
+    """A file in /dev/shm (or the temp folder) mapped read-write in the process that made it.
+
+    Removed when the last array using it is collected, and by loky's resource tracker if
+    this process dies first.
+    """
+
+    __slots__ = ("__weakref__", "address", "mapping", "nbytes", "path")
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        folder = _segment_folder(nbytes)
+        self.path = os.path.join(folder, f"parlay-{os.getpid()}-{uuid.uuid4().hex[:16]}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _track(self.path)
+            os.ftruncate(fd, max(nbytes, 1))
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self.mapping = mmap.mmap(fd, max(nbytes, 1), flags=flags)
+        except BaseException:
+            os.close(fd)
+            _remove(self.path, None)
+            raise
+        os.close(fd)
+        probe = _numpy().frombuffer(self.mapping, dtype="u1", count=1)
+        self.address: int = probe.__array_interface__["data"][0]
+        del probe
+        weakref.finalize(self, _remove, self.path, self.mapping)
+
+
+def _remove(path: str, mapping: mmap.mmap | None) -> None:
+    if mapping is not None:
+        with contextlib.suppress(BufferError, ValueError):
+            mapping.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    _untrack(path)
+
+
+class SegmentRef(NamedTuple):
+    """What a :class:`SharedArray` (or a view of it) becomes in a worker on this machine."""
+
+    path: str
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: str
+    writable: bool
+
+    def attach(self) -> Any:
+        """Map the segment (once per worker process) and view the array in it."""
+        np = _numpy()
+        mapping = _mapped(self.path, self.writable)
+        array = np.ndarray(
+            self.shape, dtype=np.dtype(self.dtype), buffer=mapping, offset=self.offset,
+            strides=self.strides,
+        )  # fmt: skip
+        if not self.writable:
+            array.flags.writeable = False
+        return array
+
+
+# Worker side: segments this process mapped, by (path, writable). A segment is mapped
+# once and reused by every later batch and call, so its pages are faulted in once.
+_MAPPED: dict[tuple[str, bool], mmap.mmap] = {}
+_MAPPED_LOCK = threading.Lock()
+
+
+def _mapped(path: str, writable: bool) -> mmap.mmap:
+    with _MAPPED_LOCK:
+        # Forget segments their owner removed; arrays still using one keep it mapped.
+        for key in [k for k in _MAPPED if not os.path.exists(k[0])]:
+            del _MAPPED[key]
+        mapping = _MAPPED.get((path, writable))
+        if mapping is None:
+            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+            try:
+                access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+                mapping = mmap.mmap(fd, 0, access=access)
+            finally:
+                os.close(fd)
+            _MAPPED[(path, writable)] = mapping
+        return mapping

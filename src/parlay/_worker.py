@@ -105,14 +105,18 @@ class Batch:
         """Pickle the batch for a worker in another process (see :meth:`run_packed`)."""
         return pack(self)
 
-    def pack_sharing(self, put: Callable[[object], Any]) -> tuple[bytes, list[Any]]:
+    def pack_sharing(
+        self, put: Callable[[object], Any], *, local: bool = False
+    ) -> tuple[bytes, list[Any]]:
         """Pickle the batch, leaving out large arrays, which ``put`` sends to the engine.
 
         Returns the payload and the handles ``put`` gave, which the engine must hand to
         :meth:`run_packed` as values, in order, after the payload. Each array is put once
-        per call, however many tasks and batches use it.
+        per call, however many tasks and batches use it. ``local=True`` says that the
+        workers run on this machine: arrays made by :func:`parlay.share` then travel as
+        references to their shared memory, without ``put``.
         """
-        return pack_sharing(self, put)
+        return pack_sharing(self, put, local=local)
 
     @staticmethod
     def run_packed(payload: bytes, *shared: Any) -> bytes:
@@ -366,13 +370,16 @@ def pack(batch: Batch) -> bytes:
         raise _first_unpicklable(batch, exc) from exc
 
 
-def pack_sharing(batch: Batch, put: Callable[[object], Any]) -> tuple[bytes, list[Any]]:
+def pack_sharing(
+    batch: Batch, put: Callable[[object], Any], *, local: bool = False
+) -> tuple[bytes, list[Any]]:
     """:func:`pack`, with the call's large arrays sent apart by `put` (see ``_sharing``)."""
-    shares = batch.shares
-    if shares is None or not needs_sharing_pass(batch.args, batch.kwargs):
+    if not needs_sharing_pass(batch.args, batch.kwargs):
         return pack(batch), []
+    # Without a per-call store (max_nbytes=None) only parlay.share() arrays are left out.
+    shares = batch.shares if batch.shares is not None else CallShares(sys.maxsize)
     try:
-        return dumps_sharing(_sendable(batch), shares, put)
+        return dumps_sharing(_sendable(batch), shares, put, local=local)
     except Exception as exc:
         raise _first_unpicklable(batch, exc) from exc
 

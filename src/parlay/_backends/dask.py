@@ -207,7 +207,7 @@ class DaskSession(Session):
         return n_jobs_to_workers(self._requested, sum(self._client.nthreads().values()) or 1)
 
     def submit(self, batch: Batch) -> Future[BatchResult]:
-        payload, shared = batch.pack_sharing(self._put)
+        payload, shared = batch.pack_sharing(self._put, local=self._is_local())
         name = getattr(batch.func_of(0), "__name__", "task")
         key = f"parlay-{name}-{batch.start}-{uuid.uuid4().hex}"
         source = self._client.submit(run_packed, payload, *shared, key=key, pure=False, retries=0)
@@ -224,10 +224,13 @@ class DaskSession(Session):
         source.add_done_callback(_done)
         return target
 
-    def _put(self, value: object) -> Any:
+    def _is_local(self) -> bool:
         if self._local is None:
             self._local = _all_workers_local(self._client)
-        if self._local:
+        return self._local
+
+    def _put(self, value: object) -> Any:
+        if self._is_local():
             # Every worker runs on this machine: shared memory, one copy, no transfer.
             return share_locally(value)
         # hash=False: no hashing of a large array to name it; the future is unique.

@@ -75,7 +75,7 @@ class ProcessesSession(Session):
         from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
 
         # Large arrays go through shared memory, once per call (see _sharing).
-        payload, shared = batch.pack_sharing(share_locally)
+        payload, shared = batch.pack_sharing(share_locally, local=True)
         for attempt in (1, 2):
             executor = self._live_executor()
             try:

@@ -136,6 +136,16 @@ def _stop_ray() -> None:
 on_shutdown(_stop_ray)
 
 
+def _all_nodes_local() -> bool:
+    """Whether every node of the Ray cluster is this machine (workers can map its memory)."""
+    import psutil
+    import ray
+
+    mine = {a.address for addresses in psutil.net_if_addrs().values() for a in addresses}
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    return bool(nodes) and all(node.get("NodeManagerAddress") in mine for node in nodes)
+
+
 @functools.cache
 def _remote_run() -> Any:
     import ray
@@ -154,6 +164,7 @@ class RaySession(Session):
 
     def __init__(self, requested_n_jobs: int) -> None:
         self._requested = requested_n_jobs
+        self._local: bool | None = None
 
     @property
     def n_workers(self) -> int:  # type: ignore[override]
@@ -164,7 +175,9 @@ class RaySession(Session):
     def submit(self, batch: Batch) -> Future[BatchResult]:
         import ray
 
-        payload, shared = batch.pack_sharing(ray.put)
+        if self._local is None:
+            self._local = _all_nodes_local()
+        payload, shared = batch.pack_sharing(ray.put, local=self._local)
         ref = _remote_run().remote(payload, *shared)
         source = ref.future()
         target = BridgedFuture(ref, lambda: ray.cancel(ref))

@@ -1,0 +1,189 @@
+"""parlay.share: arrays in shared memory, passed by reference, on every backend."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import parlay
+from parlay import Parallel, delayed
+
+# Workers that map the caller's segment instead of receiving a copy.
+MAPPING = {"processes", "dask", "ray"}
+
+
+def total(array: np.ndarray) -> float:
+    return float(array.sum())
+
+
+def mapped_paths(_: int) -> list[str]:
+    """The parlay segments this worker process has mapped."""
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split()[-1] for line in maps if "/parlay-" in line})
+
+
+def first_row_sum_and_maps(array: np.ndarray) -> tuple[float, list[str], bool]:
+    return float(array[0].sum()), mapped_paths(0), bool(array.flags.writeable)
+
+
+def fill(array: np.ndarray, row: int, value: float) -> int:
+    array[row] = value
+    return os.getpid()
+
+
+def try_to_write(array: np.ndarray) -> str:
+    try:
+        array[0] = -1.0
+    except ValueError as exc:
+        return str(exc)
+    return "written"
+
+
+def segment_of(shared: np.ndarray) -> str:
+    segment = shared._segment  # type: ignore[attr-defined]
+    assert segment is not None
+    return str(segment.path)
+
+
+def test_tasks_see_the_shared_array_and_its_changes(backend: str) -> None:
+    data = parlay.share(np.arange(40_000, dtype=np.float64).reshape(200, 200))
+    rows = [data[i] for i in range(0, 200, 20)]
+    expected = [float(r.sum()) for r in rows]
+    assert Parallel(n_jobs=2, backend=backend)(delayed(total)(r) for r in rows) == expected
+    # Changed in place between calls: the next call sees the change (one copy only).
+    data[:] = 1.0
+    again = Parallel(n_jobs=2, backend=backend)(delayed(total)(data[i]) for i in range(0, 200, 20))
+    assert again == [200.0] * 10
+    # Views of every kind: strided, transposed, Fortran-ordered.
+    views = [data[::3, 1::2], data.T, np.asfortranarray(data)]
+    assert Parallel(n_jobs=2, backend=backend)(delayed(total)(v) for v in views) == [
+        float(v.sum()) for v in views
+    ]
+
+
+def test_workers_map_the_callers_segment(backend: str) -> None:
+    if backend not in MAPPING:
+        pytest.skip("threads and inline tasks use the caller's array itself")
+    data = parlay.share(np.ones((64, 1024)))
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(first_row_sum_and_maps)(data) for _ in range(4)
+    )
+    path = segment_of(data)
+    for row_sum, maps, writeable in out:
+        assert row_sum == 1024.0
+        assert path in maps, f"the worker did not map {path}: {maps}"
+        assert not writeable, "shared without writable=True: tasks get a read-only view"
+
+
+def test_a_shared_array_is_sent_as_a_reference_of_a_few_bytes() -> None:
+    from parlay._budget import current_nesting
+    from parlay._sharing import CallShares, SegmentRef, share_locally
+    from parlay._worker import WorkerContext, batch_of
+
+    data = parlay.share(np.zeros(10_000_000))  # 80 MB
+    batch = batch_of(
+        0, [(total, (data[i::4],), {}) for i in range(4)], WorkerContext(current_nesting()),
+        True, None, CallShares(1 << 20),
+    )  # fmt: skip
+    payload, handles = batch.pack_sharing(share_locally, local=True)
+    assert len(payload) < 5_000
+    assert len(handles) == 4
+    assert all(isinstance(h, SegmentRef) and h.path == segment_of(data) for h in handles)
+
+
+def test_writable_shared_arrays_take_the_tasks_writes(backend: str) -> None:
+    data = parlay.share(np.zeros((8, 1000)), writable=True)
+    pids = Parallel(n_jobs=2, backend=backend)(delayed(fill)(data, i, i + 1.0) for i in range(8))
+    assert [float(v) for v in data[:, 0]] == [i + 1.0 for i in range(8)]
+    if backend in MAPPING:
+        assert os.getpid() not in pids  # written from other processes, seen here
+
+
+def test_read_only_in_worker_processes_unless_writable(backend: str) -> None:
+    if backend not in MAPPING:
+        pytest.skip("threads share the caller's own (writable) array")
+    data = parlay.share(np.zeros(1000))
+    [message] = Parallel(n_jobs=1, backend=backend, timeout=60)([delayed(try_to_write)(data)])
+    assert "read-only" in message
+    assert data[0] == 0.0
+
+
+def test_arithmetic_results_are_ordinary_arrays() -> None:
+    data = parlay.share(np.arange(10.0))
+    doubled = data * 2
+    assert type(doubled) is np.ndarray
+    assert isinstance(data[2:5], parlay.SharedArray)
+    assert float(data.sum()) == 45.0
+    # Pickled by anyone else, it is a plain array with the same values.
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(data[2:5]))
+    assert type(copy) is np.ndarray
+    assert copy.tolist() == [2.0, 3.0, 4.0]
+
+
+def test_the_segment_is_removed_when_the_array_and_its_views_are_collected() -> None:
+    data = parlay.share(np.ones(1000))
+    view = data[10:20]
+    path = segment_of(data)
+    assert os.path.exists(path)
+    del data
+    gc.collect()
+    assert os.path.exists(path), "a view still uses it"
+    assert float(view.sum()) == 10.0
+    del view
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+@pytest.mark.timeout(60)
+def test_the_segment_is_removed_when_the_process_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, time
+        import numpy as np
+        import parlay
+        data = parlay.share(np.ones(1_000_000))
+        print(data._segment.path, flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        path = child.stdout.readline().strip()
+        assert os.path.exists(path)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(path), "the resource tracker did not remove the segment"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def test_bad_input_is_rejected() -> None:
+    with pytest.raises(TypeError, match="writable must be True or False"):
+        parlay.share(np.ones(3), writable="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Python objects"):
+        parlay.share(np.array([object()]))
+
+
+def test_import_parlay_does_not_import_numpy() -> None:
+    code = "import sys, parlay; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
