@@ -28,6 +28,7 @@ every pool serves its queue in order.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import itertools
@@ -97,6 +98,10 @@ class Call:
         self._tasks = iter(tasks)
         self._next_index = 0
         self._exhausted = False
+        # Tasks read from an iterable without a length but not yet sent: reading a few
+        # batches ahead tells when the end is near, so the last batches can shrink.
+        self._ahead: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._source_done = False
         # An inline session finishes each batch inside submit(): keep one in flight,
         # so that generator modes run lazily, batch by batch, as they are consumed.
         self._max_inflight = 1 if capabilities.inline else (pre_dispatch or float("inf"))
@@ -143,8 +148,10 @@ class Call:
             else min(self._max_inflight, 2 * self._n_workers)
         )
         while not self._exhausted and len(self._inflight) < limit:
-            size = self._sizer.next_size(self._remaining)
-            chunk = self._take(size)
+            remaining = self._remaining
+            if remaining is None and self._sizer.automatic:
+                remaining = self._read_ahead(self._sizer.peek())
+            chunk = self._take(self._sizer.next_size(remaining))
             if not chunk:
                 break
             batch = batch_of(
@@ -169,6 +176,10 @@ class Call:
         self._done.put(seq)
 
     def _take(self, size: int) -> list[tuple[Any, ...]]:
+        if self._ahead or self._source_done:
+            chunk = [self._ahead.popleft() for _ in range(min(size, len(self._ahead)))]
+            self._exhausted = self._source_done and not self._ahead
+            return chunk
         chunk = []
         index = self._next_index
         for item in itertools.islice(self._tasks, size):
@@ -177,6 +188,20 @@ class Call:
         if len(chunk) < size:
             self._exhausted = True
         return chunk
+
+    def _read_ahead(self, size: int) -> int | None:
+        """Hold about a batch per worker, plus one, read ahead; the count left once known."""
+        want = size * (self._n_workers + 1)
+        index = self._next_index + len(self._ahead)
+        while not self._source_done and len(self._ahead) < want:
+            try:
+                item = next(self._tasks)
+            except StopIteration:
+                self._source_done = True
+                break
+            self._ahead.append(self._check_task(item, index))
+            index += 1
+        return len(self._ahead) if self._source_done else None
 
     def _mark_started(self) -> None:
         if self._timeout is None:
