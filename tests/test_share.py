@@ -187,3 +187,38 @@ def test_import_parlay_does_not_import_numpy() -> None:
     code = "import sys, parlay; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_full_dev_shm_falls_back_to_the_temp_folder_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """/dev/shm cannot be shrunk from a test: its free space is reported as nearly none."""
+    import tempfile
+
+    from parlay import _sharing
+
+    real_statvfs = os.statvfs
+
+    class Full:
+        f_bavail = 1
+        f_frsize = 4096
+
+    monkeypatch.setattr(
+        _sharing.os, "statvfs", lambda p: Full() if p == _sharing._SHM_DIR else real_statvfs(p)
+    )
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    array = np.arange(1_000_000, dtype=np.float64)  # 8 MB: shared per call
+    with pytest.warns(ResourceWarning, match="too little"):
+        out = Parallel(n_jobs=2, backend="processes")(delayed(total)(array[i::4]) for i in range(4))
+    assert out == [float(array[i::4].sum()) for i in range(4)]
+    assert list(tmp_path.iterdir()) == [], "the fallback file was not removed"
+    with pytest.warns(ResourceWarning, match="too little"):
+        shared = parlay.share(array)
+    assert segment_of(shared).startswith(str(tmp_path))
+    assert (
+        Parallel(n_jobs=2, backend="processes")(delayed(total)(shared) for _ in range(2))
+        == [float(array.sum())] * 2
+    )
+    del shared
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
