@@ -98,12 +98,19 @@ class _Parlay(Adapter):
     version_module = "parlay"
     joblib_route = True
 
+    def __init__(self, n_jobs: int) -> None:
+        super().__init__(n_jobs)
+        #: Extra keyword arguments of every ``Parallel`` (W1i sets ``progress``).
+        self.call_options: dict[str, Any] = {}
+
     def run(
         self, fn: Task, args: ArgList, *, timeout: float | None = None, chunksize: int = 1
     ) -> list[Any]:
         from parlay import Parallel, delayed
 
-        options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        options: dict[str, Any] = dict(self.call_options)
+        if timeout is not None:
+            options["timeout"] = timeout
         call = Parallel(n_jobs=-1, backend=self.backend, **options)
         return list(call(delayed(fn)(*a) for a in args))
 

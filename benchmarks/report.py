@@ -35,6 +35,8 @@ TITLES = {
     "W2": "W2 s",
     "W3": "W3 s",
     "W4": "W4 s",
+    "W4s": "W4s s (parlay.share)",
+    "W1i": "W1i µs/task (progress + timeline)",
     "W5": "W5 s",
     "W6": "W6 s",
     "F1": "F1 ValueError",

@@ -172,16 +172,22 @@ def run_w3(adapter: Adapter, ctx: Context) -> dict[str, Any]:
     return res
 
 
-def run_w4(adapter: Adapter, ctx: Context) -> dict[str, Any]:
+def run_w4(adapter: Adapter, ctx: Context, *, shared: bool = False) -> dict[str, Any]:
     """W4: 32 tasks each summing a slice of a 400 MB array passed whole to every task.
 
     The array is made once per cell, in the parent, before the memory
     baseline: the memory columns show what passing it costs, over the cell's
-    process tree and machine-wide. The value is the call time, s.
+    process tree and machine-wide. The value is the call time, s. With
+    ``shared`` (W4s) the array is ``parlay.share(array)``, made before the
+    baseline too, and the private original is dropped.
     """
     import numpy as np
 
     array = np.random.default_rng(0).random(W4_SIZE)
+    if shared:
+        import parlay
+
+        array = parlay.share(array)
     bounds = [(k * W4_SIZE // W4_TASKS, (k + 1) * W4_SIZE // W4_TASKS) for k in range(W4_TASKS)]
     args = [(array, start, stop) for start, stop in bounds]
     expected = [workloads.slice_sum(array, start, stop) for start, stop in bounds]
@@ -196,6 +202,29 @@ def run_w4(adapter: Adapter, ctx: Context) -> dict[str, Any]:
     res["value"] = summary(res["times_s"], "s")
     res["params"] = {"tasks": W4_TASKS, "array_mb": round(array.nbytes / 2**20, 1)}
     return res
+
+
+def run_w4s(adapter: Adapter, ctx: Context) -> dict[str, Any]:
+    """W4s: W4 with the array passed through ``parlay.share`` first."""
+    return run_w4(adapter, ctx, shared=True)
+
+
+def run_w1i(adapter: Adapter, ctx: Context) -> dict[str, Any]:
+    """W1i: W1 with parlay's instruments on: ``progress=True`` in ``parlay.timeline()``.
+
+    The timeline is entered before the measured calls and records all of them.
+    """
+    import parlay
+
+    adapter.call_options["progress"] = True  # type: ignore[attr-defined]
+    with parlay.timeline() as tl:
+        res = run_w1(adapter, ctx)
+    res["params"]["timeline_records"] = len(tl.records)
+    return res
+
+
+def _parlay_only(cls: type[Adapter]) -> str | None:
+    return None if cls.version_module == "parlay" else "uses parlay's own API"
 
 
 # --------------------------------------------------------------------------
@@ -289,6 +318,15 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "W4", "W4 400 MB array to 32 tasks (s)", "perf", run_w4, worker_imports=("numpy",)
         ),
+        Workload(
+            "W4s",
+            "W4s W4 with parlay.share(array) (s)",
+            "perf",
+            run_w4s,
+            _parlay_only,
+            worker_imports=("numpy",),
+        ),
+        Workload("W1i", "W1i W1 + progress + timeline (µs/task)", "perf", run_w1i, _parlay_only),
         Workload(
             "W5",
             "W5 RandomForest(200).fit (s)",
