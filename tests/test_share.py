@@ -222,3 +222,30 @@ def test_a_full_dev_shm_falls_back_to_the_temp_folder_with_a_warning(
     del shared
     gc.collect()
     assert list(tmp_path.iterdir()) == []
+
+
+def frame_total(frame: object) -> float:
+    return float(np.asarray(frame).sum())
+
+
+def test_arrays_inside_pandas_objects_are_shared_once_per_call(backend: str) -> None:
+    pd = pytest.importorskip("pandas")
+    from parlay._budget import current_nesting
+    from parlay._sharing import CallShares, share_locally
+    from parlay._worker import WorkerContext, batch_of
+
+    values = np.arange(2_000_000, dtype=np.float64).reshape(-1, 4)
+    frame = pd.DataFrame(values, columns=list("abcd"))
+    shares = CallShares(1 << 20)
+    batch = batch_of(
+        0, [(frame_total, (frame,), {}), (frame_total, (frame["a"],), {})],
+        WorkerContext(current_nesting()), True, None, shares,
+    )  # fmt: skip
+    payload, handles = batch.pack_sharing(share_locally, local=True)
+    shares.clear()
+    assert len(payload) < 10_000, "the frame's 16 MB went into the pickle"
+    assert len(handles) == 2
+    out = Parallel(n_jobs=2, backend=backend)(
+        [delayed(frame_total)(frame), delayed(frame_total)(frame["a"])]
+    )
+    assert out == [float(frame.to_numpy().sum()), float(frame["a"].sum())]
