@@ -138,7 +138,8 @@ def test_nested_calls_go_back_to_the_cluster_without_deadlock(dask_cluster: str)
     # to the same cluster and waits: it must leave its worker slot while it waits.
     with parallel_config(backend="dask"):
         decision = Parallel(n_jobs=-1).explain()
-        out = Parallel(n_jobs=-1, batch_size=1)(delayed(nested_sum)(x, -1) for x in (5, 6))
+        # n_jobs=2 inside a task whose budget is one core: on the cluster, not inline.
+        out = Parallel(n_jobs=-1, batch_size=1)(delayed(nested_sum)(x, 2) for x in (5, 6))
     assert decision.backend == "dask"
     assert [total for total, _, _ in out] == [30, 55]
     assert [backend for _, backend, _ in out] == ["dask", "dask"]
@@ -246,7 +247,9 @@ def scribble(array: np.ndarray) -> float:
 
 
 def shm_segments() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("parlay-")}
+    """This process's segments (other processes on the machine may have theirs)."""
+    mine = f"parlay-{os.getpid()}-"
+    return {name for name in os.listdir("/dev/shm") if name.startswith(mine)}
 
 
 @pytest.mark.parametrize("engine", ["processes", "dask"])

@@ -86,6 +86,9 @@ TABLE = [
     ({"n_jobs": -1}, None, NESTED_4, "threads", "nested"),
     ({"n_jobs": -1, "prefer": "processes"}, None, NESTED_4, "threads", "nested"),
     ({"n_jobs": -1}, "cluster", NESTED_4, "cluster", "context"),
+    # ... a nested call with one worker is inline even on a cluster: it is there already
+    ({"n_jobs": -1}, "cluster", NESTED_1, "sequential", "n_jobs=1"),
+    ({"n_jobs": 2}, "cluster", NESTED_1, "cluster", "context"),
     ({"n_jobs": -1, "backend": "processes"}, None, NESTED_4, "processes", "explicit"),
     ({"n_jobs": -1, "require": "sharedmem"}, "processes", NESTED_4, "threads", "require"),
 ]

@@ -63,9 +63,13 @@ def test_one_worker_with_one_thread_does_not_deadlock_on_dask() -> None:
     cluster = EmbeddedCluster(1)
     try:
         with parallel_config(backend="dask", address=cluster.address):
-            out = Parallel(n_jobs=-1, batch_size=1)(delayed(nested_sum)(x, -1) for x in (3, 4))
+            # n_jobs=-1 inside a task is its budget, one core: inline; n_jobs=2 goes back
+            # to the cluster, whose only thread the task holds: it must secede.
+            out = Parallel(n_jobs=-1, batch_size=1)(
+                delayed(nested_sum)(x, n) for x, n in ((3, -1), (4, 2))
+            )
             fits = Parallel(n_jobs=-1)(delayed(inner_sklearn)(i) for i in range(2))
-        assert [total for total, _, _ in out] == [5, 14]
+        assert [(total, backend) for total, backend, _ in out] == [(5, "sequential"), (14, "dask")]
         assert len(fits) == 2
     finally:
         parlay.shutdown()

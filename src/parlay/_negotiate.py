@@ -14,7 +14,8 @@ The rules, highest first:
 3. The user's context (``parallel_config``, then ``PARLAY_BACKEND``) beats ``prefer``.
 4. ``prefer`` applies where the user set no backend.
 5. Otherwise the default: processes.
-6. One worker (effective ``n_jobs == 1``) runs inline, unless the backend is a cluster.
+6. One worker (effective ``n_jobs == 1``) runs inline, unless the backend is a cluster and
+   the call is made at top level (inside a task, the call is on the cluster already).
 7. Inside a task (nesting), ``n_jobs`` counts the cores the task was given (its budget),
    and a backend inherited from outside the task is replaced by threads (or inline for
    a budget of 1), so a task never waits on the pool that runs it. Reentrant backends
@@ -141,7 +142,9 @@ def decide(
     caps = capabilities(backend)
     if caps.inline:
         workers = 1
-    elif workers == 1 and not caps.distributed:
+    elif workers == 1 and (nested or not caps.distributed):
+        # At top level, n_jobs=1 on a cluster still means "on the cluster"; inside a task,
+        # the call is already there, and one worker is the task's own thread.
         backend, rule = _one_worker(backend, rule, caps, hints.timeout, reasons)
         caps = capabilities(backend)
 

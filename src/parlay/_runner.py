@@ -28,7 +28,6 @@ every pool serves its queue in order.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import itertools
@@ -100,7 +99,8 @@ class Call:
         self._exhausted = False
         # Tasks read from an iterable without a length but not yet sent: reading a few
         # batches ahead tells when the end is near, so the last batches can shrink.
-        self._ahead: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._ahead: list[tuple[Any, ...]] = []
+        self._ahead_at = 0  # the first task of _ahead not yet sent
         self._source_done = False
         # An inline session finishes each batch inside submit(): keep one in flight,
         # so that generator modes run lazily, batch by batch, as they are consumed.
@@ -150,7 +150,7 @@ class Call:
         while not self._exhausted and len(self._inflight) < limit:
             remaining = self._remaining
             if remaining is None and self._sizer.automatic:
-                remaining = self._read_ahead(self._sizer.peek())
+                remaining = self._read_ahead(self._sizer.next_size())
             chunk = self._take(self._sizer.next_size(remaining))
             if not chunk:
                 break
@@ -177,8 +177,10 @@ class Call:
 
     def _take(self, size: int) -> list[tuple[Any, ...]]:
         if self._ahead or self._source_done:
-            chunk = [self._ahead.popleft() for _ in range(min(size, len(self._ahead)))]
-            self._exhausted = self._source_done and not self._ahead
+            at = self._ahead_at
+            chunk = self._ahead[at : at + size]
+            self._ahead_at = at + len(chunk)
+            self._exhausted = self._source_done and self._ahead_at == len(self._ahead)
             return chunk
         chunk = []
         index = self._next_index
@@ -191,17 +193,19 @@ class Call:
 
     def _read_ahead(self, size: int) -> int | None:
         """Hold about a batch per worker, plus one, read ahead; the count left once known."""
+        held = len(self._ahead) - self._ahead_at
         want = size * (self._n_workers + 1)
-        index = self._next_index + len(self._ahead)
-        while not self._source_done and len(self._ahead) < want:
-            try:
-                item = next(self._tasks)
-            except StopIteration:
+        if not self._source_done and held < want:
+            items = list(itertools.islice(self._tasks, want - held))
+            if len(items) < want - held:
                 self._source_done = True
-                break
-            self._ahead.append(self._check_task(item, index))
-            index += 1
-        return len(self._ahead) if self._source_done else None
+            check = self._check_task
+            first = self._next_index + held
+            fresh = [check(item, index) for index, item in enumerate(items, first)]
+            self._ahead = self._ahead[self._ahead_at :] + fresh
+            self._ahead_at = 0
+            held = len(self._ahead)
+        return held if self._source_done else None
 
     def _mark_started(self) -> None:
         if self._timeout is None:
