@@ -38,6 +38,38 @@ def test_process_workers_are_limited_to_their_budget(original: int) -> None:
     assert blas_threads() == original
 
 
+def test_thread_workers_are_limited_to_their_budget_for_the_call(original: int) -> None:
+    decision = Parallel(n_jobs=2, backend="threads").explain()
+    out = Parallel(n_jobs=2, backend="threads")(delayed(blas_threads)(0.05) for _ in range(4))
+    assert set(out) == {min(original, decision.inner_budget)}
+    assert blas_threads() == original, "the caller's pools were not restored"
+
+
+def test_overlapping_calls_from_several_threads_keep_the_limit_right(original: int) -> None:
+    import threading
+
+    budget = Parallel(n_jobs=2, backend="threads").explain().inner_budget
+    seen: list[list[int]] = []
+    barrier = threading.Barrier(3)
+
+    def caller(pause: float) -> None:
+        barrier.wait()
+        seen.append(
+            Parallel(n_jobs=2, backend="threads")(delayed(blas_threads)(pause) for _ in range(4))
+        )
+
+    threads = [threading.Thread(target=caller, args=(p,)) for p in (0.05, 0.15)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join(timeout=60)
+    # During both calls, and in the one that outlives the other, the tasks saw the budget;
+    # after both, the original limits are back.
+    assert [set(s) for s in seen] == [{min(original, budget)}] * 2
+    assert blas_threads() == original
+
+
 def test_inline_tasks_keep_the_callers_pools(original: int) -> None:
     assert Parallel(n_jobs=1)(delayed(blas_threads)() for _ in range(2)) == [original] * 2
 

@@ -95,22 +95,32 @@ def threads_of_tree() -> int:
     return me.num_threads() + sum(p.num_threads() for p in me.children(recursive=True))
 
 
-def blas_and_workers(_: int) -> tuple[int, int]:
+def blas_and_workers(_: int) -> tuple[str, int]:
+    import threading
+    import time
+
     import threadpoolctl
 
+    time.sleep(0.02)  # long enough for both workers to take tasks
     info = threadpoolctl.threadpool_info()
     blas = max((pool["num_threads"] for pool in info), default=1)
-    return os.getpid(), blas
+    return f"{os.getpid()}-{threading.get_ident()}", blas
 
 
-def test_no_oversubscription_of_processes_and_blas() -> None:
+@pytest.mark.parametrize("outer", ["threads", "processes", "dask", "ray"])
+def test_no_oversubscription_of_workers_and_native_pools(
+    outer: str, request: pytest.FixtureRequest
+) -> None:
+    if outer == "dask":
+        request.getfixturevalue("dask_cluster")
+    elif outer == "ray":
+        request.getfixturevalue("ray_runtime")
     np.dot(np.ones((10, 10)), np.ones((10, 10)))  # BLAS loaded here too
     n_jobs = 2
-    out = Parallel(n_jobs=n_jobs, backend="processes")(
-        delayed(blas_and_workers)(i) for i in range(8)
-    )
-    workers = {pid for pid, _ in out}
+    out = Parallel(n_jobs=n_jobs, backend=outer)(delayed(blas_and_workers)(i) for i in range(8))
+    workers = {worker for worker, _ in out}
     per_task = max(blas for _, blas in out)
+    # Python workers running at once, times the native threads each task may use.
     assert len(workers) * per_task <= max(parlay.cpu_count(), n_jobs), out
 
 

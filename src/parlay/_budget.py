@@ -9,9 +9,13 @@ is never a process global that concurrent calls could race on.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import os
+import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -165,10 +169,12 @@ class BlasLimiter:
     (:meth:`keep`): the process is parlay's, and limiting once per change costs nothing
     per batch.
 
-    Not yet used for thread workers in the caller's process: measured here, with
-    OpenBLAS 0.3.31 (pthreads), once the main thread has set and restored a limit, a limit
-    set from another thread no longer takes effect, so a limit held per call from
-    several caller threads is not reliable yet (issue 6).
+    Thread workers in the caller's process hold their tasks' budget for each batch
+    (:meth:`held`): while any batch runs, the process's pools are limited to the smallest
+    budget held, and they are restored when the last one ends. (OpenBLAS's and MKL's
+    per-thread settings are not enough here: measured with OpenBLAS 0.3.31,
+    ``openblas_set_num_threads_local`` from two threads at once changed the process-wide
+    value and left it changed.)
     """
 
     def __init__(self) -> None:
@@ -177,6 +183,39 @@ class BlasLimiter:
         self._kept: int | None = None
         self._limits: Any = None
         self._applied: int | None = None
+        self._controller: Any = None
+        self._modules_seen = 0
+
+    def _pools(self) -> Any:
+        """threadpoolctl's controller of the loaded pools, rescanned after new imports."""
+        if self._controller is None or len(sys.modules) != self._modules_seen:
+            from threadpoolctl import ThreadpoolController
+
+            self._controller = ThreadpoolController()
+            self._modules_seen = len(sys.modules)
+        return self._controller
+
+    @contextlib.contextmanager
+    def held(self, n_threads: int) -> Iterator[None]:
+        """Hold a limit of `n_threads` for the block (a batch on a thread worker).
+
+        OpenMP's thread count is a setting of each thread: the process-wide limit set it
+        in whichever thread applied it, so this thread's is set here too.
+        """
+        self.acquire(n_threads)
+        undo: list[Callable[[], object]] = []
+        try:
+            with self._lock:
+                pools = list(self._pools().lib_controllers)
+            for lib in pools:
+                if lib.user_api == "openmp" and lib.num_threads > n_threads:
+                    undo.append(functools.partial(lib.set_num_threads, lib.num_threads))
+                    lib.set_num_threads(n_threads)
+            yield
+        finally:
+            for restore in reversed(undo):
+                restore()
+            self.release(n_threads)
 
     def acquire(self, n_threads: int) -> None:
         """Hold a limit of `n_threads` until :meth:`release`."""
@@ -207,14 +246,43 @@ class BlasLimiter:
         target = min(self._held) if self._held else None
         if target == self._applied:
             return
-        from threadpoolctl import threadpool_limits
-
         if self._limits is not None:
-            self._limits.restore_original_limits()
+            self._limits.restore()
             self._limits = None
         if target is not None:
-            self._limits = threadpool_limits(limits=target)
+            self._limits = _Limit(self._pools(), target)
         self._applied = target
+
+
+class _Limit:
+    """Every loaded native pool limited to `n_threads` threads, until :meth:`restore`.
+
+    OpenBLAS is set through ``openblas_set_num_threads_local`` where it exists (0.3.27
+    and later), which works from any thread: measured here with OpenBLAS 0.3.31, once
+    the main thread has set a limit with ``openblas_set_num_threads`` (what threadpoolctl
+    calls), the same call from another thread is ignored. Other pools go through
+    threadpoolctl.
+    """
+
+    def __init__(self, controller: Any, n_threads: int) -> None:
+        self._undo: list[Callable[[], object]] = []
+        for lib in controller.lib_controllers:
+            previous = lib.num_threads
+            if previous == n_threads:
+                continue
+            dynlib = getattr(lib, "dynlib", None)
+            setter = getattr(dynlib, "openblas_set_num_threads_local", None)
+            if lib.internal_api == "openblas" and setter is not None:
+                setter(n_threads)
+                self._undo.append(functools.partial(setter, previous))
+            else:
+                lib.set_num_threads(n_threads)
+                self._undo.append(functools.partial(lib.set_num_threads, previous))
+
+    def restore(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
 
 
 BLAS = BlasLimiter()

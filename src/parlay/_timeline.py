@@ -367,27 +367,17 @@ class Timeline(Instrument):
         if not bars.rows:
             axes.set_yticks([])
             return figure
+
+        def draw(indices: list[int], **style: Any) -> None:
+            rows = [bars.row_of[i] for i in indices]
+            widths = [bars.duration[i] for i in indices]
+            axes.barh(rows, widths, left=[bars.left[i] for i in indices], height=0.8, **style)
+
         for function, color in bars.colors.items():
-            mine = [i for i, r in enumerate(bars.records) if r.function == function]
-            axes.barh(
-                [bars.row_of[i] for i in mine],
-                [bars.duration[i] for i in mine],
-                left=[bars.left[i] for i in mine],
-                height=0.8,
-                color=color,
-            )
+            draw([i for i, r in enumerate(bars.records) if r.function == function], color=color)
         failed = [i for i, r in enumerate(bars.records) if r.status != "ok"]
         if failed:
-            axes.barh(
-                [bars.row_of[i] for i in failed],
-                [bars.duration[i] for i in failed],
-                left=[bars.left[i] for i in failed],
-                height=0.8,
-                fill=False,
-                edgecolor=_ERROR_COLOR,
-                hatch="xx",
-                linewidth=1.5,
-            )
+            draw(failed, fill=False, edgecolor=_ERROR_COLOR, hatch="xx", linewidth=1.5)
         axes.set_yticks(range(len(bars.rows)), labels=bars.rows)
         axes.invert_yaxis()
         handles = [Patch(color=c, label=f) for f, c in list(bars.colors.items())[:12]]

@@ -218,6 +218,7 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
             _joblib_bridge(batch.context),
             _warnings_caught(caught, remote),
             _output.capturing(captured),
+            _thread_limits(batch.context, remote),
         ):
             values, errors, cancelled = _run_tasks(batch, remote, stamps)
     finally:
@@ -247,6 +248,13 @@ def _warnings_caught(caught: list[warnings.WarningMessage], remote: bool) -> Ite
         warnings.simplefilter("always")
         yield
     caught.extend(recorded)
+
+
+def _thread_limits(context: WorkerContext, remote: bool) -> contextlib.AbstractContextManager[Any]:
+    """A thread worker of the caller's process: limit its own native pools to the budget."""
+    if remote or not context.in_worker or context.native_threads is None:
+        return contextlib.nullcontext()
+    return _budget.BLAS.held(context.native_threads)
 
 
 def emit_warnings(result: BatchResult) -> None:

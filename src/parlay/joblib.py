@@ -35,7 +35,7 @@ from joblib._parallel_backends import ParallelBackendBase
 
 from . import _backends, _budget
 from ._api import Parallel, remember_decision, task_context
-from ._backends._base import Session
+from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
 from ._instrument import CallInfo, Dispatcher
 from ._negotiate import Decision
@@ -126,7 +126,7 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
             session,
             private,
             context,
-            BatchSizer(None, target=caps.batch_seconds, n_workers=decision.n_jobs, timeout=None),
+            BatchSizer(None, target=_batch_seconds(caps), n_workers=decision.n_jobs, timeout=None),
         )
         max_nbytes = backend_kwargs.get("max_nbytes", _ONE_MIB)
         if caps.separate_processes and isinstance(max_nbytes, int):
@@ -224,6 +224,19 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled into joblib's batches as the nested backend: only the level travels.
         return (ParlayBackend, (self.nesting_level, self.inner_max_num_threads))
+
+
+# A joblib batch carries its tasks' whole arguments (scikit-learn's X and y under the
+# size at which they are shared, the estimator): batches sent to other processes aim at
+# joblib's own minimum duration, which measured here halves the batches of a forest's fit
+# for RandomForest (W5) on processes, and with them the pickling.
+_BRIDGE_BATCH_SECONDS = 0.2
+
+
+def _batch_seconds(caps: Capabilities) -> float:
+    if caps.separate_processes:
+        return max(caps.batch_seconds, _BRIDGE_BATCH_SECONDS)
+    return caps.batch_seconds
 
 
 def _run(batched: Callable[[], Any]) -> Any:
