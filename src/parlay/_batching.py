@@ -39,6 +39,11 @@ class BatchSizer:
         self._per_task: float | None = None
 
     @property
+    def per_task(self) -> float | None:
+        """The running estimate of a task's seconds of work, once one has been measured."""
+        return self._per_task
+
+    @property
     def automatic(self) -> bool:
         """Whether sizes adapt to the tasks (``batch_size="auto"``)."""
         return self._fixed is None

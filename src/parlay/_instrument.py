@@ -6,11 +6,12 @@ unused hook costs nothing. A hook that raises is detached from the call and logg
 its traceback: an instrument never breaks a run.
 
 Tasks run in batches; the runner reports each batch once it is back in the caller, as a
-:class:`BatchReport`: where it ran (host, pid, thread), when it was sent and received,
-how long it computed and how long the worker spent unpickling it. Per-task start and end
-times cost two clock reads a task in the worker, so workers take them only for calls
-with an instrument that sets ``task_times = True`` (the timeline does);
-:meth:`BatchReport.tasks` then gives one :class:`TaskRecord` a task.
+:class:`BatchReport`: where it ran (host, pid, thread), when it was sent, started and
+was received, how long it computed and how long the worker spent unpickling it. Per-task
+times cost a clock read a task in the worker, so workers take them only for calls with
+an instrument that sets ``task_times = True`` (the timeline does), and only for tasks
+measured at 20 µs or more; :meth:`BatchReport.tasks` gives one :class:`TaskRecord` a
+task either way.
 
 Shipped: :class:`ProgressBar` (``Parallel(progress=True)``), which counts *completed*
 tasks, on every backend and with ``n_jobs=1`` too; ``parlay.timeline()``
@@ -112,6 +113,10 @@ class BatchReport:
         Offsets in the batch of the tasks that raised.
     stamps : tuple of float or None
         With ``task_times``: when the first task started, then when each task ended.
+        Tasks measured shorter than 20 µs are not timed one by one (two clock reads
+        would cost a sizeable share of them): their batch's stamps are None.
+    started : float
+        When the batch's first task started (``time.time()``).
     """
 
     first: int
@@ -127,12 +132,18 @@ class BatchReport:
     load_seconds: float = 0.0
     errors: frozenset[int] = frozenset()
     stamps: tuple[float, ...] | None = None
+    started: float = 0.0
 
     def tasks(self, call: CallInfo) -> list[TaskRecord]:
-        """One record a task (needs ``stamps``: an instrument with ``task_times``)."""
-        if self.stamps is None:
-            raise ValueError("this batch was run without task times (see Instrument.task_times)")
+        """One record a task.
+
+        Times are measured per task where the batch has ``stamps``; otherwise the batch's
+        computing time is spread evenly over its tasks.
+        """
         stamps = self.stamps
+        if stamps is None:
+            step = self.elapsed / max(self.n_tasks, 1)
+            stamps = tuple(self.started + step * i for i in range(self.n_tasks + 1))
         shared = self.functions[0] if len(self.functions) == 1 else None
         records = []
         for offset in range(min(self.n_tasks, len(stamps) - 1)):

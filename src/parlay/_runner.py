@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Call"]
 
+# Tasks shorter than this are not timed one by one (their batch is): a clock read and an
+# append a task would be a sizeable share of their cost.
+_TIMED_TASK_SECONDS = 20e-6
+
 
 @dataclass(slots=True)
 class _InFlight:
@@ -118,8 +122,13 @@ class Call:
         self._shares = None if max_nbytes is None else CallShares(max_nbytes)
         self._blocking = session.blocking()
         self._events = instruments if instruments is not None and instruments.active else None
-        if self._events is not None and self._events.task_times:
-            self._context = replace(context, timing=True)
+        # With an instrument that wants task times, batches of tasks that are not tiny
+        # carry a context that asks the worker to time each task.
+        self._timed_context = (
+            replace(context, timing=True)
+            if self._events is not None and self._events.task_times
+            else None
+        )
         self._reports = self._events is not None and self._events.wants("batch_finished")
         self._info = CallInfo(backend_name, self._n_workers, self._remaining, nesting_level)
         self._n_tasks = 0
@@ -157,7 +166,7 @@ class Call:
             batch = batch_of(
                 self._next_index,
                 chunk,
-                self._context,
+                self._batch_context(),
                 not self._return_exceptions,
                 self._cancel,
                 self._shares,
@@ -171,6 +180,13 @@ class Call:
             self._inflight[seq] = _InFlight(batch, future, submitted)
             future.add_done_callback(functools.partial(self._notify, seq))
         self._mark_started()
+
+    def _batch_context(self) -> WorkerContext:
+        timed = self._timed_context
+        if timed is None:
+            return self._context
+        per_task = self._sizer.per_task
+        return timed if per_task is None or per_task >= _TIMED_TASK_SECONDS else self._context
 
     def _notify(self, seq: int, _future: Future[BatchResult]) -> None:
         self._done.put(seq)

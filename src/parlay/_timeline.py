@@ -522,15 +522,8 @@ class _Tally:
 
 
 def _task_records(call: CallInfo, batch: BatchReport) -> list[TaskRecord]:
-    if batch.stamps is not None:
-        return batch.tasks(call)
-    # A batch run without task times (cannot happen with a timeline attached from the
-    # call's start): one record spanning the batch's computing time.
-    end = batch.received
-    where = (batch.worker, batch.host, batch.pid, batch.thread)
-    status = "error" if batch.errors else "ok"
-    task = (call.call_id, call.backend, batch.first, batch.functions[0])
-    return [TaskRecord(*task, *where, batch.submitted, end - batch.elapsed, end, status)]
+    # Tasks timed one by one, or tiny ones spread evenly over their batch's computing.
+    return batch.tasks(call)
 
 
 def seconds(value: float) -> str:

@@ -158,6 +158,8 @@ class BatchResult:
     stamps: list[float] | None = None
     # Seconds the worker process spent unpickling the batch (moving data, not computing).
     load_seconds: float = 0.0
+    # When the first task started (time.time()).
+    started: float = 0.0
     # What the tasks wrote to sys.stdout / sys.stderr and logged, in a worker process.
     stdout: str = ""
     stderr: str = ""
@@ -211,6 +213,7 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
     layers_token = _config.set_layers(batch.context.layers)
     stamps: list[float] | None = [] if batch.context.timing else None
     captured = _output.Captured(batch.context.log_level) if remote else None
+    started = time.time()
     t0 = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
     try:
@@ -226,6 +229,7 @@ def run_batch(batch: Batch, *, remote: bool = False) -> BatchResult:
         _budget.reset_nesting(nesting_token)
     result = _placed(BatchResult(values, errors, time.perf_counter() - t0, "", cancelled))
     result.stamps = stamps
+    result.started = started
     # The text, not the Warning object: it always pickles.
     result.warnings = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
     if captured is not None:
@@ -299,6 +303,7 @@ def report(batch: Batch, result: BatchResult, submitted: float) -> BatchReport:
         result.load_seconds,
         frozenset(result.errors),
         tuple(result.stamps) if result.stamps is not None else None,
+        result.started,
     )
 
 
