@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from .._budget import cpu_count, n_jobs_to_workers
 from .._exceptions import ParlayError, WorkerDiedError
+from .._sharing import share_locally
 from .._worker import run_packed, unpack
 from . import on_shutdown
 from ._base import Backend, BridgedFuture, Capabilities, Session
@@ -177,7 +178,11 @@ class RaySession(Session):
 
         if self._local is None:
             self._local = _all_nodes_local()
-        payload, shared = batch.pack_sharing(ray.put, local=self._local)
+        # Every node on this machine: one copy in shared memory, which the workers map,
+        # rather than ray.put into the object store (measured for W4: up to 2.3x the
+        # array's size in extra memory, against one copy).
+        put = share_locally if self._local else ray.put
+        payload, shared = batch.pack_sharing(put, local=self._local)
         ref = _remote_run().remote(payload, *shared)
         source = ref.future()
         target = BridgedFuture(ref, lambda: ray.cancel(ref))
