@@ -156,6 +156,8 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         future = state.session.submit(batch)
         state.futures.add(future)
         future.add_done_callback(state.futures.discard)
+        size = len(func) if hasattr(func, "__len__") else 1
+        future.add_done_callback(functools.partial(_observe, state.sizer, size))
         if state.events is not None and state.events.wants("batch_finished"):
             # Number the joblib tasks in the order joblib dispatches them.
             first = state.n_dispatched
@@ -179,8 +181,9 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         return self._state().sizer.next_size(None) if self._calls else 1
 
     def batch_completed(self, batch_size: int, duration: float) -> None:
-        if self._calls:
-            self._calls[-1].sizer.observe(batch_size, duration)
+        # joblib's duration runs from dispatch, queueing included: batch sizes come from
+        # the computing time the worker measured instead (see _observe).
+        pass
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         if not self._calls:
@@ -237,6 +240,12 @@ def _batch_seconds(caps: Capabilities) -> float:
     if caps.separate_processes:
         return max(caps.batch_seconds, _BRIDGE_BATCH_SECONDS)
     return caps.batch_seconds
+
+
+def _observe(sizer: BatchSizer, size: int, future: Future[BatchResult]) -> None:
+    """Feed the call's batch sizer with a finished joblib batch's computing time."""
+    if not future.cancelled() and future.exception() is None:
+        sizer.observe(size, future.result().elapsed)
 
 
 def _run(batched: Callable[[], Any]) -> Any:
