@@ -120,7 +120,7 @@ def test_joblib_calls_through_the_bridge_bring_back_output_and_warnings(
     assert len(re.findall(r"^\[pid \d+\] out \d$", out, re.MULTILINE)) == 4, out
 
 
-def test_output_outside_a_task_is_left_alone() -> None:
+def test_output_outside_a_task_is_left_alone(capsys: pytest.CaptureFixture[str]) -> None:
     """After a batch, the worker's streams write through (routing is per batch)."""
     from parlay import _output
 
@@ -130,3 +130,20 @@ def test_output_outside_a_task_is_left_alone() -> None:
     print("outside")
     assert captured.stdout() == "inside\n"
     assert captured.closed
+    assert capsys.readouterr().out == "outside\n"
+
+
+def test_warnings_logged_outside_a_batch_still_reach_last_resort(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's root logger with only parlay's handler still prints warnings as before."""
+    from parlay import _output
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(logging, "lastResort", logging.StreamHandler(sys.stderr))
+    with _output.capturing(_output.Captured()):
+        pass  # installs the handler
+    assert root.handlers == [_output._handler]
+    logging.getLogger("parlay_tests.outside").warning("outside any batch")
+    assert "outside any batch" in capsys.readouterr().err

@@ -91,7 +91,15 @@ class _Handler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         captured = _active()
-        if captured is None or record.levelno < captured.level:
+        if captured is None:
+            # Outside a batch: where the record would have gone without this handler (a
+            # root logger with no other handler prints warnings through lastResort).
+            others = [h for h in logging.getLogger().handlers if h is not self]
+            last = logging.lastResort
+            if not others and last is not None and record.levelno >= last.level:
+                last.handle(record)
+            return
+        if record.levelno < captured.level:
             return
         try:
             message = record.getMessage()
