@@ -274,3 +274,38 @@ def test_shared_segments_are_released_when_a_task_fails() -> None:
             delayed(lambda a, i: raise_at(i, 3))(array, i) for i in range(8)
         )
     assert shm_segments() == set()
+
+
+def kill_with_array(array: np.ndarray, i: int) -> float:
+    from parlay.testing import kill_self_at
+
+    return float(array[:1].sum()) + kill_self_at(i, 3)
+
+
+@pytest.mark.parametrize("engine", ["processes", "dask"])
+def test_shared_segments_are_released_when_a_worker_is_killed(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    from parlay import WorkerDiedError
+
+    if engine == "dask":
+        request.getfixturevalue("dask_cluster")
+    array = np.ones(500_000)
+    shared = parlay.share(np.ones(500_000))
+    with pytest.raises(WorkerDiedError):
+        Parallel(n_jobs=2, backend=engine, batch_size=1)(
+            delayed(kill_with_array)(a, i) for i in range(8) for a in (array, shared)
+        )
+    # The call's copy is gone at once; the user's shared array lives on, usable.
+    assert shm_segments() == {os.path.basename(shared._segment.path)}  # type: ignore[attr-defined]
+    again = Parallel(n_jobs=2, backend=engine)(delayed(np.sum)(shared[i::2]) for i in range(2))
+    assert [float(x) for x in again] == [250_000.0, 250_000.0]
+    del shared
+    import gc
+
+    gc.collect()
+    assert shm_segments() == set()
+    if engine == "dask":
+        # Leave the session's cluster as found: its nanny restarts the killed worker.
+        with distributed.Client(request.getfixturevalue("dask_cluster"), timeout=10) as client:
+            client.wait_for_workers(2, timeout=30)

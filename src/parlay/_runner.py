@@ -56,6 +56,10 @@ __all__ = ["Call"]
 _TIMED_TASK_SECONDS = 20e-6
 
 
+def _notify(done: queue.SimpleQueue[int], seq: int, _future: Future[BatchResult]) -> None:
+    done.put(seq)
+
+
 @dataclass(slots=True)
 class _InFlight:
     batch: Batch
@@ -178,7 +182,9 @@ class Call:
             submitted = time.time()
             future = self._session.submit(batch)
             self._inflight[seq] = _InFlight(batch, future, submitted)
-            future.add_done_callback(functools.partial(self._notify, seq))
+            # The callback holds the queue, not the call: an engine that keeps a future
+            # (and its callbacks) after the call would otherwise keep the call's tasks.
+            future.add_done_callback(functools.partial(_notify, self._done, seq))
         self._mark_started()
 
     def _batch_context(self) -> WorkerContext:
@@ -187,9 +193,6 @@ class Call:
             return self._context
         per_task = self._sizer.per_task
         return timed if per_task is None or per_task >= _TIMED_TASK_SECONDS else self._context
-
-    def _notify(self, seq: int, _future: Future[BatchResult]) -> None:
-        self._done.put(seq)
 
     def _take(self, size: int) -> list[tuple[Any, ...]]:
         if self._ahead or self._source_done:
@@ -301,6 +304,9 @@ class Call:
                 try:
                     result = record.future.result()
                 except WorkerDiedError as exc:
+                    # The future keeps this exception: keep no frame of this call on it
+                    # (it would hold the batch, and the call's arrays, for the future's life).
+                    exc.__traceback__ = None
                     raise self._worker_died(exc, record.batch) from exc.__cause__
                 if result.fatal is not None:
                     raise result.fatal

@@ -123,6 +123,15 @@ class Batch:
         """In a worker process: unpickle a packed batch, run it, pickle its result."""
         return run_packed(payload, *shared)
 
+    def skeleton(self) -> Batch:
+        """This batch without its arguments: what an engine's callbacks may keep.
+
+        An engine can hold on to a finished future (and the callbacks on it) long after
+        the call; a callback holding the whole batch would keep the call's arrays alive.
+        """
+        n = len(self.args)
+        return replace(self, args=[()] * n, kwargs=[NO_KWARGS] * n, cancel=None, shares=None)
+
     def unpack(self, data: bytes) -> BatchResult:
         """In the caller: unpickle what :meth:`run_packed` returned for this batch."""
         return unpack(data, self)

@@ -212,6 +212,7 @@ class DaskSession(Session):
         key = f"parlay-{name}-{batch.start}-{uuid.uuid4().hex}"
         source = self._client.submit(run_packed, payload, *shared, key=key, pure=False, retries=0)
         target = BridgedFuture(source, source.cancel)
+        batch = batch.skeleton()
 
         def _done(done: Any) -> None:
             if done.cancelled():

@@ -186,6 +186,7 @@ class RaySession(Session):
         ref = _remote_run().remote(payload, *shared)
         source = ref.future()
         target = BridgedFuture(ref, lambda: ray.cancel(ref))
+        batch = batch.skeleton()
         target.follow(
             source, lambda data: unpack(data, batch), lambda error: self._map_error(error, batch)
         )
