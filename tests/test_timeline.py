@@ -44,7 +44,12 @@ def test_records_every_task_on_every_backend(backend: str) -> None:
     else:
         assert pids == {os.getpid()}
     workers = {(r.host, r.pid, r.thread) for r in records}
-    assert len(workers) == (1 if backend == "sequential" else 2)
+    if backend == "dask":
+        # The scheduler places tasks; a worker just restarted (by a test that kills one)
+        # may get none of twelve.
+        assert 1 <= len(workers) <= 2
+    else:
+        assert len(workers) == (1 if backend == "sequential" else 2)
     [call] = tl.calls
     assert call.call.backend == backend
     assert call.error is None
