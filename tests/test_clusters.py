@@ -252,12 +252,16 @@ def shm_segments() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith(mine)}
 
 
-@pytest.mark.parametrize("engine", ["processes", "dask"])
-def test_shared_arguments_are_private_copies_to_tasks_and_released(
-    engine: str, request: pytest.FixtureRequest
-) -> None:
-    if engine == "dask":
+@pytest.fixture(params=["processes", "dask"])
+def local_engine(request: pytest.FixtureRequest) -> str:
+    """An engine whose workers run on this machine: processes, or the session's cluster."""
+    if request.param == "dask":
         request.getfixturevalue("dask_cluster")
+    return str(request.param)
+
+
+def test_shared_arguments_are_private_copies_to_tasks_and_released(local_engine: str) -> None:
+    engine = local_engine
     array = np.ones(500_000)
     out = Parallel(n_jobs=2, backend=engine)(delayed(scribble)(array) for _ in range(4))
     assert out == [-10.0] * 4
@@ -282,14 +286,12 @@ def kill_with_array(array: np.ndarray, i: int) -> float:
     return float(array[:1].sum()) + kill_self_at(i, 3)
 
 
-@pytest.mark.parametrize("engine", ["processes", "dask"])
 def test_shared_segments_are_released_when_a_worker_is_killed(
-    engine: str, request: pytest.FixtureRequest
+    local_engine: str, request: pytest.FixtureRequest
 ) -> None:
     from parlay import WorkerDiedError
 
-    if engine == "dask":
-        request.getfixturevalue("dask_cluster")
+    engine = local_engine
     array = np.ones(500_000)
     shared = parlay.share(np.ones(500_000))
     with pytest.raises(WorkerDiedError):
