@@ -208,6 +208,12 @@ class Dispatcher:
                         listeners.remove(instrument)
 
 
+def _bar_label(call: CallInfo) -> str:
+    """A progress bar's label: the backend, indented by nesting level, marked if joblib's."""
+    label = call.backend if call.via == "parlay" else f"{call.backend} (joblib)"
+    return "  " * call.nesting_level + label
+
+
 class ProgressBar(Instrument):
     """A progress bar of completed tasks (tqdm; ``tqdm.auto`` picks a notebook widget).
 
@@ -230,11 +236,9 @@ class ProgressBar(Instrument):
         options: dict[str, Any] = {
             "total": call.n_tasks,
             "unit": "task",
-            "desc": call.backend if call.via == "parlay" else f"{call.backend} (joblib)",
+            "desc": _bar_label(call),
             "leave": call.nesting_level == 0,
         }
-        if call.nesting_level:
-            options["desc"] = "  " * call.nesting_level + options["desc"]
         options.update(self._kwargs)
         self._bars[call.call_id] = self._tqdm(**options)
 
@@ -287,12 +291,9 @@ class RichProgressBar(Instrument):
         return cls._display
 
     def call_started(self, call: CallInfo) -> None:
-        desc = call.backend if call.via == "parlay" else f"{call.backend} (joblib)"
         with self._lock:
             display = self._open()
-            self._rows[call.call_id] = display.add_task(
-                "  " * call.nesting_level + desc, total=call.n_tasks
-            )
+            self._rows[call.call_id] = display.add_task(_bar_label(call), total=call.n_tasks)
 
     def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
         row = self._rows.get(call.call_id)

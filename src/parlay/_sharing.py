@@ -178,7 +178,7 @@ def _segment_folder(nbytes: int) -> str:
             f"MiB argument: parlay shares it through a file in {tempfile.gettempdir()} instead "
             "(slower). Enlarge /dev/shm (docker run --shm-size=...) to avoid this.",
             ResourceWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
         return tempfile.gettempdir()
     return _SHM_DIR
@@ -235,13 +235,9 @@ class CallCopy:
         self.dtype = array.dtype.str
         fortran = array.flags.f_contiguous and not array.flags.c_contiguous
         self.order: Literal["C", "F"] = "F" if fortran else "C"
-        folder = _segment_folder(array.nbytes)
-        self.path = os.path.join(folder, f"parlay-{os.getpid()}-{uuid.uuid4().hex[:16]}")
         self._mapping: mmap.mmap | None = None
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.path, fd = _new_segment(array.nbytes)
         try:
-            _track(self.path)
-            os.ftruncate(fd, array.nbytes)
             if array.flags.c_contiguous or array.flags.f_contiguous:
                 _write(fd, array.T if self.order == "F" else array)
             else:
@@ -255,10 +251,7 @@ class CallCopy:
     def _copy_through_mapping(self, fd: int, array: Any) -> None:
         import numpy as np
 
-        # MAP_POPULATE (Linux) faults the pages in at once, a third faster than one
-        # fault per page during the copy.
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        self._mapping = mmap.mmap(fd, array.nbytes, flags=flags)
+        self._mapping = _populated_mapping(fd, array.nbytes)
         target = np.ndarray(self.shape, dtype=array.dtype, buffer=self._mapping, order=self.order)
         np.copyto(target, array, casting="no")
         del target
@@ -268,13 +261,30 @@ class CallCopy:
 
     def release(self) -> None:
         """Remove the segment; workers that mapped it keep their mapping until they drop it."""
-        if self._mapping is not None:
-            with contextlib.suppress(BufferError):
-                self._mapping.close()
-            self._mapping = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        _untrack(self.path)
+        mapping, self._mapping = self._mapping, None
+        _remove(self.path, mapping)
+
+
+def _new_segment(nbytes: int) -> tuple[str, int]:
+    """Create a file of `nbytes` for a shared array, tracked for removal if this process
+    dies: its path, and a descriptor open for reading and writing (the caller closes it)."""
+    folder = _segment_folder(nbytes)
+    path = os.path.join(folder, f"parlay-{os.getpid()}-{uuid.uuid4().hex[:16]}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _track(path)
+        os.ftruncate(fd, nbytes)
+    except BaseException:
+        os.close(fd)
+        _remove(path, None)
+        raise
+    return path, fd
+
+
+def _populated_mapping(fd: int, nbytes: int) -> mmap.mmap:
+    # MAP_POPULATE (Linux) faults the pages in at once, a third faster than one fault
+    # per page during a copy.
+    return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
 
 
 # Bytes a write() call copies at once: large enough to cost one system call per 64 MiB,
@@ -332,19 +342,14 @@ class _Segment:
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
-        folder = _segment_folder(nbytes)
-        self.path = os.path.join(folder, f"parlay-{os.getpid()}-{uuid.uuid4().hex[:16]}")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.path, fd = _new_segment(max(nbytes, 1))
         try:
-            _track(self.path)
-            os.ftruncate(fd, max(nbytes, 1))
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self.mapping = mmap.mmap(fd, max(nbytes, 1), flags=flags)
+            self.mapping = _populated_mapping(fd, max(nbytes, 1))
         except BaseException:
-            os.close(fd)
             _remove(self.path, None)
             raise
-        os.close(fd)
+        finally:
+            os.close(fd)
         probe = _numpy().frombuffer(self.mapping, dtype="u1", count=1)
         self.address: int = probe.__array_interface__["data"][0]
         del probe

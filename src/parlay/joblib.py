@@ -156,13 +156,13 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         future = state.session.submit(batch)
         state.futures.add(future)
         future.add_done_callback(state.futures.discard)
-        size = len(func) if hasattr(func, "__len__") else 1
+        size = len(func) if hasattr(func, "__len__") else 1  # joblib tasks in the batch
         future.add_done_callback(functools.partial(_observe, state.sizer, size))
         if state.events is not None and state.events.wants("batch_finished"):
             # Number the joblib tasks in the order joblib dispatches them.
             first = state.n_dispatched
-            state.n_dispatched += len(func) if hasattr(func, "__len__") else 1
-            report_it = functools.partial(_report, state, batch, first, submitted)
+            state.n_dispatched += size
+            report_it = functools.partial(_report, state, batch, first, size, submitted)
             future.add_done_callback(report_it)
         if callback is not None:
             future.add_done_callback(callback)
@@ -254,7 +254,12 @@ def _run(batched: Callable[[], Any]) -> Any:
 
 
 def _report(
-    state: _CallState, batch: Batch, first: int, submitted: float, future: Future[BatchResult]
+    state: _CallState,
+    batch: Batch,
+    first: int,
+    n_tasks: int,
+    submitted: float,
+    future: Future[BatchResult],
 ) -> None:
     """Tell the call's instruments of a joblib batch that came back (one parlay task)."""
     if future.cancelled() or future.exception() is not None or state.events is None:
@@ -263,9 +268,8 @@ def _report(
     if result.fatal is not None:
         return
     batched = batch.args[0][0]
-    # joblib's BatchedCalls: count and name the joblib tasks inside.
+    # joblib's BatchedCalls: name the joblib tasks inside by the first one.
     items = getattr(batched, "items", None)
-    n_tasks = len(items) if isinstance(items, list) else 1
     head = items[0][0] if items else batched
     # scikit-learn wraps each task's function (utils.parallel._FuncWrapper).
     name = function_name(getattr(head, "function", head))
