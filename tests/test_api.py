@@ -113,6 +113,22 @@ def test_task_unpacks_like_joblib_and_is_immutable() -> None:
     assert pickle.loads(pickle.dumps(task)) == task
 
 
+def test_task_runs_when_called_and_shows_its_call() -> None:
+    task = delayed(pow)(2, exp=5)
+    assert task() == 32
+    assert (task.func, task.args, task.kwargs) == (pow, (2,), {"exp": 5})
+    assert repr(task) == "Task(pow(2, exp=5))"
+    assert task == delayed(pow)(2, exp=5)
+    assert task != delayed(pow)(2, exp=6)
+    with pytest.raises(TypeError):
+        hash(task)
+
+
+def test_joblib_triples_and_tasks_mix(backend: str) -> None:
+    tasks = [delayed(square)(1), (square, (2,), None), (square, [3], {}), delayed(pow)(2, exp=3)]
+    assert Parallel(n_jobs=2, backend=backend)(tasks) == [1, 4, 9, 8]
+
+
 def test_delayed_keeps_the_function_name() -> None:
     assert delayed(square).__name__ == "square"
     assert delayed(square).__wrapped__ is square  # type: ignore[attr-defined]

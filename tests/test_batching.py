@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -89,3 +92,24 @@ def test_sweep_gives_every_result_in_order(
         delayed(square)(i) for i in range(n_tasks)
     )
     assert out == [i * i for i in range(n_tasks)]
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_tasks_read_from_a_generator_die_young(backend: str) -> None:
+    # Tasks are split into columns as they are read: the Task objects themselves must
+    # not live until their batch is done, or a long call pushes thousands of them into
+    # the garbage collector's oldest generation (a full collection every few calls).
+    alive: list[int] = []
+    refs: list[weakref.ref[Any]] = []
+
+    def tasks() -> Iterator[Any]:
+        for i in range(5000):
+            if i % 500 == 0:
+                alive.append(sum(ref() is not None for ref in refs))
+            task = delayed(square)(i)
+            refs.append(weakref.ref(task))
+            yield task
+
+    out = Parallel(n_jobs=2, backend=backend)(tasks())
+    assert out == [i * i for i in range(5000)]
+    assert max(alive) <= 2 * 64 + 1, f"tasks read but still alive: {alive}"

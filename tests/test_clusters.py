@@ -163,7 +163,8 @@ def test_a_large_array_is_put_once_per_call_whatever_the_tasks() -> None:
     for start in range(0, 40, 10):
         tasks = [(slice_sum, (array, i, i + 1), {}) for i in range(start, start + 10)]
         tasks.append((slice_sum, (small, 0, 1), {"extra": [array]}))
-        batch = batch_of(start, tasks, context, True, None, shares)
+        funcs, args, kwargs = map(list, zip(*tasks, strict=True))
+        batch = batch_of(start, funcs, args, kwargs, context, True, None, shares)
         payload, handles = batch.pack_sharing(put)
         sizes.append(len(payload))
         assert handles == [1]

@@ -91,8 +91,8 @@ def test_a_shared_array_is_sent_as_a_reference_of_a_few_bytes() -> None:
 
     data = parlay.share(np.zeros(10_000_000))  # 80 MB
     batch = batch_of(
-        0, [(total, (data[i::4],), {}) for i in range(4)], WorkerContext(current_nesting()),
-        True, None, CallShares(1 << 20),
+        0, [total] * 4, [(data[i::4],) for i in range(4)], [None] * 4,
+        WorkerContext(current_nesting()), True, None, CallShares(1 << 20),
     )  # fmt: skip
     payload, handles = batch.pack_sharing(share_locally, local=True)
     assert len(payload) < 5_000
@@ -238,7 +238,7 @@ def test_arrays_inside_pandas_objects_are_shared_once_per_call(backend: str) -> 
     frame = pd.DataFrame(values, columns=list("abcd"))
     shares = CallShares(1 << 20)
     batch = batch_of(
-        0, [(frame_total, (frame,), {}), (frame_total, (frame["a"],), {})],
+        0, [frame_total] * 2, [(frame,), (frame["a"],)], [None] * 2,
         WorkerContext(current_nesting()), True, None, shares,
     )  # fmt: skip
     payload, handles = batch.pack_sharing(share_locally, local=True)

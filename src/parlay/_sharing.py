@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import itertools
 import mmap
 import os
 import pickle
@@ -64,13 +65,11 @@ def _is_large(obj: object, max_nbytes: int) -> bool:
     return bool(obj.nbytes >= max_nbytes and not obj.dtype.hasobject)  # type: ignore[attr-defined]
 
 
-def needs_sharing_pass(args: list[tuple[Any, ...]], kwargs: list[dict[str, Any]]) -> bool:
+def needs_sharing_pass(args: list[tuple[Any, ...]], kwargs: list[dict[str, Any]] | None) -> bool:
     """Whether any argument could hold a large array (anything but plain scalars)."""
-    for task_args in args:
-        for value in task_args:
-            if type(value) not in _PLAIN:
-                return True
-    return any(kwargs)
+    if kwargs is not None and any(kwargs):
+        return True
+    return not _PLAIN.issuperset(map(type, itertools.chain.from_iterable(args)))
 
 
 @functools.cache

@@ -15,6 +15,8 @@ the task instead of an engine error or a hang.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import operator
 import os
 import socket
 import sys
@@ -79,7 +81,7 @@ class Batch:
     start: int
     func: Callable[..., Any] | list[Callable[..., Any]]
     args: list[tuple[Any, ...]]
-    kwargs: list[dict[str, Any]]
+    kwargs: list[dict[str, Any]] | None  # None: no task has keyword arguments
     context: WorkerContext
     stop_on_error: bool = True
     cancel: threading.Event | None = None
@@ -96,6 +98,10 @@ class Batch:
     def func_of(self, offset: int) -> Callable[..., Any]:
         """The function of the task at `offset` in this batch."""
         return self.func[offset] if isinstance(self.func, list) else self.func
+
+    def kwargs_of(self, offset: int) -> dict[str, Any]:
+        """The keyword arguments of the task at `offset` in this batch."""
+        return NO_KWARGS if self.kwargs is None else self.kwargs[offset]
 
     def run(self) -> BatchResult:
         """Run the tasks here, in this thread (what a worker in this process calls)."""
@@ -130,7 +136,7 @@ class Batch:
         the call; a callback holding the whole batch would keep the call's arrays alive.
         """
         n = len(self.args)
-        return replace(self, args=[()] * n, kwargs=[NO_KWARGS] * n, cancel=None, shares=None)
+        return replace(self, args=[()] * n, kwargs=None, cancel=None, shares=None)
 
     def unpack(self, data: bytes) -> BatchResult:
         """In the caller: unpickle what :meth:`run_packed` returned for this batch."""
@@ -332,6 +338,7 @@ def _run_tasks(
     errors: dict[int, str | None] = {}
     append = values.append
     shared_func = None if isinstance(batch.func, list) else batch.func
+    all_kwargs = batch.kwargs
     cancel = batch.cancel
     # Timing costs a clock read and an append a task; the untimed loop pays neither.
     stamp = stamps.append if stamps is not None else None
@@ -346,7 +353,10 @@ def _run_tasks(
             return values, errors, True
         func = shared_func if shared_func is not None else batch.func_of(offset)
         try:
-            append(func(*args, **batch.kwargs[offset]))
+            if all_kwargs is None:
+                append(func(*args))
+            else:
+                append(func(*args, **all_kwargs[offset]))
         except KeyboardInterrupt:
             raise
         except catch as exc:
@@ -408,7 +418,7 @@ def pack_sharing(
 
 def _first_unpicklable(batch: Batch, exc: BaseException) -> SerializationError:
     for offset, index in enumerate(batch.indices):
-        parts = (batch.func_of(offset), batch.args[offset], batch.kwargs[offset])
+        parts = (batch.func_of(offset), batch.args[offset], batch.kwargs_of(offset))
         for what, part in zip(("function", "arguments", "keyword arguments"), parts, strict=True):
             try:
                 _dumps(part)
@@ -492,23 +502,26 @@ def unpack(data: bytes, batch: Batch) -> BatchResult:
 
 def batch_of(
     start: int,
-    tasks: Sequence[tuple[Any, ...]],
+    funcs: Sequence[Callable[..., Any]],
+    args: list[tuple[Any, ...]],
+    kwargs: Sequence[dict[str, Any] | None],
     context: WorkerContext,
     stop_on_error: bool,
     cancel: threading.Event | None,
     shares: CallShares | None = None,
 ) -> Batch:
-    """Build a batch from ``(func, args, kwargs)`` triples, storing a shared function once."""
-    first = tasks[0][0]
-    shared = all(task[0] is first for task in tasks)
-    func: Callable[..., Any] | list[Callable[..., Any]] = (
-        first if shared else [task[0] for task in tasks]
-    )
+    """Build a batch from its tasks' columns, storing a function shared by all once.
+
+    ``kwargs`` may hold None for no keyword arguments; when no task has any, the batch
+    keeps none (``Batch.kwargs`` is None).
+    """
+    first = funcs[0]
+    shared = all(map(operator.is_, funcs, itertools.repeat(first)))
     return Batch(
         start,
-        func,
-        [task[1] for task in tasks],
-        [task[2] or NO_KWARGS for task in tasks],
+        first if shared else list(funcs),
+        args,
+        [kw or NO_KWARGS for kw in kwargs] if any(kwargs) else None,
         context,
         stop_on_error,
         cancel,

@@ -151,7 +151,9 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         state = self._state()
         # joblib's batch as the task's argument, so that the large arrays inside it
         # (scikit-learn's X and y) are found and sent once per call, not once per batch.
-        batch = batch_of(0, [(_run, (func,), {})], state.context, True, state.cancel, state.shares)
+        batch = batch_of(
+            0, [_run], [(func,)], [None], state.context, True, state.cancel, state.shares
+        )
         submitted = time.time()
         future = state.session.submit(batch)
         state.futures.add(future)
