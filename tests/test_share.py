@@ -249,3 +249,25 @@ def test_arrays_inside_pandas_objects_are_shared_once_per_call(backend: str) -> 
         [delayed(frame_total)(frame), delayed(frame_total)(frame["a"])]
     )
     assert out == [float(frame.to_numpy().sum()), float(frame["a"].sum())]
+
+
+def total_and_pid(array: np.ndarray) -> tuple[float, int]:
+    return float(array.sum()), os.getpid()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shared", [True, False], ids=["share", "per-call copy"])
+def test_workers_that_map_a_large_array_are_not_restarted(shared: bool) -> None:
+    # loky restarts a worker whose resident size grew 300 MB after its first task; mapped
+    # shared memory is not the worker's own and must not count.
+    call = Parallel(n_jobs=2, backend="processes")
+    first = {pid for _, pid in call(delayed(total_and_pid)(np.ones(4)) for _ in range(8))}
+    array = np.ones(48_000_000)  # 384 MB
+    data = parlay.share(array) if shared else array
+    seen: set[int] = set()
+    for _ in range(3):
+        time.sleep(1.2)  # loky checks a worker's memory at most once a second
+        out = call(delayed(total_and_pid)(data) for _ in range(4))
+        assert [value for value, _ in out] == [48_000_000.0] * 4
+        seen |= {pid for _, pid in out}
+    assert seen <= first, f"workers were replaced: {sorted(first)} then {sorted(seen)}"

@@ -42,6 +42,32 @@ def _describe_exit(exc: BaseException) -> str | None:
     return match.group(1) if match else None
 
 
+def _private_memory(pid: int, force_gc: bool = False) -> int:
+    import gc
+
+    import psutil
+
+    if force_gc:
+        gc.collect()
+    info = psutil.Process(pid).memory_info()
+    return int(info.rss - getattr(info, "shared", 0))
+
+
+def _count_private_memory() -> None:
+    """In a worker: make loky's leak check count private memory only.
+
+    loky restarts a worker whose resident size grew by 300 MB since its first task,
+    taking it for a leak. A worker that maps a large shared array (a per-call copy,
+    or a parlay.share array it keeps mapped across calls) grows that much without
+    owning a byte of it, and was restarted every second, mapping lost and start-up
+    paid again. Pages of shared memory and files are left out of the count.
+    """
+    import loky.process_executor as executor
+
+    if getattr(executor, "_USE_PSUTIL", False) and hasattr(executor, "_get_memory_usage"):
+        executor._get_memory_usage = _private_memory
+
+
 @final
 class ProcessesSession(Session):
     """A loky executor, replaced by a fresh one after a worker dies or is killed."""
@@ -61,6 +87,7 @@ class ProcessesSession(Session):
                     max_workers=self.n_workers,
                     timeout=IDLE_WORKER_TIMEOUT,
                     env=thread_env(self._budget),
+                    initializer=_count_private_memory,
                 )
             return self._executor
 
