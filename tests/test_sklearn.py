@@ -154,6 +154,20 @@ def test_a_managed_call_inside_a_task_leaves_the_outer_pool_alone() -> None:
         assert outer(joblib.delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
 
 
+def test_a_one_worker_joblib_call_leaves_nothing_behind() -> None:
+    # joblib runs a one-worker call itself and never terminates its backend: the bridge
+    # must not keep that call's state (it answered effective_n_jobs() with 1 for every
+    # later call of the block) nor report a call that never finishes.
+    with parlay.timeline() as tl, parlay.parallel_config(backend="threads", n_jobs=2):
+        assert joblib.Parallel(n_jobs=1)(joblib.delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+        assert joblib.effective_n_jobs(-1) == 2
+        assert joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+        with joblib.Parallel(n_jobs=1) as managed:
+            assert managed(joblib.delayed(abs)(-i) for i in range(2)) == [0, 1]
+        assert joblib.effective_n_jobs(-1) == 2
+    assert all(call.end is not None for call in tl.calls), tl.calls
+
+
 def test_each_joblib_decision_is_logged_with_its_call_site(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -112,6 +112,11 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         decision, backend = front._negotiate()
         remember_decision(decision)
         logger.debug("joblib call from %s: %s", _call_site(), decision)
+        if decision.n_jobs == 1 and not getattr(parallel, "_managed_backend", False):
+            # joblib runs a one-worker call itself, in the caller, and never calls
+            # terminate() for it: keep no state (it would outlive the call and answer
+            # effective_n_jobs() for later calls) and report no call that never ends.
+            return 1
         private = decision.nesting_level > 0
         session = _backends.acquire_session(backend, decision, cached=not private)
         caps = backend.capabilities
