@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -25,6 +26,10 @@ distributed = pytest.importorskip("distributed")
 
 def slice_sum(array: np.ndarray, start: int, stop: int) -> float:
     return float(array[start:stop].sum())
+
+
+def same_object(a: object, b: object) -> bool:
+    return a is b
 
 
 def worker_address(_: int) -> str:
@@ -170,6 +175,48 @@ def test_a_large_array_is_put_once_per_call_whatever_the_tasks() -> None:
         assert handles == [1]
     assert puts == [id(array)], "the array went to the engine more than once"
     assert max(sizes) < 20_000, "the array was pickled into a payload"
+
+
+def test_a_mid_sized_array_goes_inline_once_then_by_reference() -> None:
+    repeated = np.arange(50_000, dtype=float)  # 400 KB: under max_nbytes, over 64 KiB
+    shares = CallShares(max_nbytes=1 << 20)
+    context = WorkerContext(parlay._budget.current_nesting())
+    puts: list[int] = []
+
+    def put(value: object) -> int:
+        puts.append(id(value))
+        return len(puts)
+
+    def pack(*tasks: tuple[Any, ...]) -> tuple[bytes, list[Any]]:
+        funcs, args, kwargs = map(list, zip(*tasks, strict=True))
+        return batch_of(0, funcs, args, kwargs, context, True, None, shares).pack_sharing(put)
+
+    # First batch: inline, once, however many tasks refer to it.
+    payload, handles = pack(*[(slice_sum, (repeated, i, i + 1), {}) for i in range(5)])
+    assert handles == []
+    assert 400_000 < len(payload) < 420_000
+    # A batch of its own per task: an array used once is never put.
+    once = np.ones(50_000)
+    payload, handles = pack((slice_sum, (once, 0, 1), {}))
+    assert handles == []
+    assert len(payload) > 400_000
+    # From the second batch on, by reference.
+    for _ in range(3):
+        payload, handles = pack(*[(slice_sum, (repeated, i, i + 1), {}) for i in range(5)])
+        assert handles == [1]
+        assert len(payload) < 20_000
+    assert puts == [id(repeated)]
+    # Small arrays always travel inline.
+    payload, handles = pack((slice_sum, (np.ones(1000), 0, 1), {}))
+    assert handles == []
+
+
+def test_one_task_sees_one_array_when_it_gets_it_twice(backend: str) -> None:
+    array = np.arange(50_000, dtype=float)
+    out = Parallel(n_jobs=2, backend=backend, batch_size=2)(
+        delayed(same_object)(array, array) for _ in range(6)
+    )
+    assert out == [True] * 6
 
 
 @pytest.mark.parametrize("engine", ["processes", "dask", "ray"])

@@ -10,6 +10,12 @@ unpickler puts them back in place through ``persistent_load``.
 The per-call store (:class:`CallShares`) keeps each array and its handle alive for the
 whole call, keyed by identity, so an array used by 32 tasks travels once, and an array
 changed in place between two calls travels again with the second.
+
+Smaller arrays (from ``REPEAT_NBYTES`` up to ``max_nbytes``) go inside the payload of the
+first batch that carries them, and are left out like large ones from the second batch
+on: a call whose every batch carries the same 800 KB array (scikit-learn's forests pass
+X, as float32, to every tree) sends it once, while an array that only one batch uses
+never pays for a shared copy.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ __all__ = ["CallShares", "SegmentRef", "dumps_sharing", "loads_shared"]
 # pickler with a persistent_id hook (a Python call per pickled object).
 _PLAIN: Final = frozenset({int, float, complex, bool, str, type(None)})
 
+# Arrays from this size up to max_nbytes are left out of a payload once an earlier batch
+# of the call carried them (see the module's docstring).
+REPEAT_NBYTES: Final = 64 << 10
+
 
 @dataclass(eq=False)
 class CallShares:
@@ -45,12 +55,16 @@ class CallShares:
     max_nbytes: int
     handles: dict[int, tuple[object, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Arrays of REPEAT_NBYTES to max_nbytes already sent inside a batch's payload, by id:
+    # weakly held, so that arrays each used by one batch are not kept for the whole call.
+    seen: weakref.WeakValueDictionary[int, Any] = field(default_factory=weakref.WeakValueDictionary)
 
     def clear(self) -> None:
         """Drop every handle: the engine may free the data; shared segments are removed."""
         with self.lock:
             handles = [handle for _, handle in self.handles.values()]
             self.handles.clear()
+            self.seen.clear()
         for handle in handles:
             if isinstance(handle, CallCopy):
                 handle.release()
@@ -92,6 +106,7 @@ def _pickler_class() -> type:
             self.local = local
             self.used: list[Any] = []
             self.positions: dict[int, int] = {}
+            self.inline: set[int] = set()  # arrays this payload carries itself
 
         def persistent_id(self, value: object) -> int | None:
             shared = sys.modules.get("parlay._shared")  # loaded by parlay.share()
@@ -101,9 +116,23 @@ def _pickler_class() -> type:
                     return self._position(value, value.ref)
                 plain = value.view(_numpy().ndarray)
                 return self._position(value, lambda: self.put(plain))
-            if not _is_large(value, self.shares.max_nbytes):
+            if not _is_large(value, REPEAT_NBYTES):
+                return None
+            if value.nbytes < self.shares.max_nbytes and not self._repeated(value):  # type: ignore[attr-defined]
                 return None
             return self._position(value, lambda: self.put(value))
+
+        def _repeated(self, value: object) -> bool:
+            """Whether an earlier batch of the call carried `value` in its payload."""
+            key = id(value)
+            if key in self.inline:
+                return False  # this payload has it already: pickle's memo refers to it
+            with self.shares.lock:
+                if key in self.shares.handles or self.shares.seen.get(key) is value:
+                    return True
+                self.shares.seen[key] = value
+            self.inline.add(key)
+            return False
 
         def _position(self, value: object, make: Callable[[], Any]) -> int:
             key = id(value)
