@@ -185,6 +185,8 @@ class BlasLimiter:
         self._applied: int | None = None
         self._controller: Any = None
         self._modules_seen = 0
+        # OpenMP's count as parlay last set it in each of its worker threads.
+        self._thread_omp = threading.local()
 
     def _pools(self) -> Any:
         """threadpoolctl's controller of the loaded pools, rescanned after new imports."""
@@ -205,12 +207,19 @@ class BlasLimiter:
         self.acquire(n_threads)
         undo: list[Callable[[], object]] = []
         try:
-            with self._lock:
-                pools = list(self._pools().lib_controllers)
-            for lib in pools:
-                if lib.user_api == "openmp" and lib.num_threads > n_threads:
-                    undo.append(functools.partial(lib.set_num_threads, lib.num_threads))
-                    lib.set_num_threads(n_threads)
+            mark = (n_threads, len(sys.modules))  # a new import may bring a new pool
+            if getattr(self._thread_omp, "value", None) != mark:
+                with self._lock:
+                    pools = list(self._pools().lib_controllers)
+                for lib in pools:
+                    if lib.user_api == "openmp" and lib.num_threads > n_threads:
+                        undo.append(functools.partial(lib.set_num_threads, lib.num_threads))
+                        lib.set_num_threads(n_threads)
+                # Skip the lookup next time in this thread, while nothing was undone:
+                # only parlay's own worker threads keep their setting between batches.
+                if not undo or _is_parlay_worker_thread():
+                    self._thread_omp.value = mark
+                    undo.clear()
             yield
         finally:
             for restore in reversed(undo):
@@ -252,6 +261,10 @@ class BlasLimiter:
         if target is not None:
             self._limits = _Limit(self._pools(), target)
         self._applied = target
+
+
+def _is_parlay_worker_thread() -> bool:
+    return threading.current_thread().name.startswith("parlay-thread")
 
 
 class _Limit:

@@ -41,6 +41,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import _budget
 from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
 from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
@@ -55,6 +56,13 @@ __all__ = ["Call"]
 # Tasks shorter than this are not timed one by one (their batch is): a clock read and an
 # append a task would be a sizeable share of their cost.
 _TIMED_TASK_SECONDS = 20e-6
+
+
+def native_hold(context: WorkerContext, capabilities: Capabilities) -> int | None:
+    """The native-thread limit a call on thread workers of this process holds, if any."""
+    if capabilities.separate_processes or not context.in_worker:
+        return None
+    return context.native_threads
 
 
 def _notify(done: queue.SimpleQueue[int], seq: int, _future: Future[BatchResult]) -> None:
@@ -158,6 +166,9 @@ class Call:
         )
         self._reports = self._events is not None and self._events.wants("batch_finished")
         self._info = CallInfo(backend_name, self._n_workers, self._remaining, nesting_level)
+        # Thread workers in this process hold the native pools' limit for each batch; the
+        # call holds it too, so that it is not restored and set again between batches.
+        self._native_hold = native_hold(context, capabilities)
         self._n_tasks = 0
         self._t0 = time.perf_counter()
         self._closed = False
@@ -167,6 +178,8 @@ class Call:
     def start(self) -> None:
         """Send the first batches (up to pre_dispatch); later ones go as results return."""
         self._blocking.__enter__()
+        if self._native_hold is not None:
+            _budget.BLAS.acquire(self._native_hold)
         if self._events is not None:
             self._events.emit("call_started", self._info)
         try:
@@ -400,6 +413,8 @@ class Call:
         if self._shares is not None:
             self._shares.clear()
         self._blocking.__exit__(None, None, None)
+        if self._native_hold is not None:
+            _budget.BLAS.release(self._native_hold)
         logger.debug(
             "%d tasks in %.3f s on %s",
             self._n_tasks,

@@ -198,19 +198,25 @@ def host_name() -> str:
     return _HOST[0]
 
 
-def _worker_name() -> str:
-    thread = threading.current_thread()
-    if thread is threading.main_thread():
-        return f"pid {os.getpid()}"
-    return f"pid {os.getpid()} thread {thread.name}"
+_PLACE = threading.local()  # this thread's (worker name, pid, thread name)
+
+
+def _place() -> tuple[str, int, str]:
+    pid = os.getpid()
+    place: tuple[str, int, str] | None = getattr(_PLACE, "value", None)
+    if place is None or place[1] != pid:  # a forked child gets the parent's thread-local
+        thread = threading.current_thread()
+        name = (
+            f"pid {pid}" if thread is threading.main_thread() else f"pid {pid} thread {thread.name}"
+        )
+        place = _PLACE.value = (name, pid, thread.name)
+    return place
 
 
 def _placed(result: BatchResult) -> BatchResult:
     """Fill in where `result` was made: this host, process and thread."""
-    result.worker = _worker_name()
+    result.worker, result.pid, result.thread = _place()
     result.host = host_name()
-    result.pid = os.getpid()
-    result.thread = threading.current_thread().name
     return result
 
 

@@ -39,6 +39,7 @@ from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
 from ._instrument import CallInfo, Dispatcher
 from ._negotiate import Decision
+from ._runner import native_hold
 from ._sharing import CallShares
 from ._worker import Batch, BatchResult, WorkerContext, batch_of, deliver, function_name, report
 
@@ -65,6 +66,7 @@ class _CallState:
     # Large arrays the call's batches carry, sent to the engine once for the call.
     shares: CallShares | None = None
     n_dispatched: int = 0  # joblib tasks submitted so far
+    native_hold: int | None = None  # the native-thread limit held for the call, if any
 
 
 class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
@@ -142,6 +144,9 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
                 decision.backend, decision.n_jobs, None, decision.nesting_level, via="joblib"
             )
             events.emit("call_started", state.info)
+        state.native_hold = native_hold(context, caps)
+        if state.native_hold is not None:
+            _budget.BLAS.acquire(state.native_hold)
         self._calls.append(state)
         return decision.n_jobs
 
@@ -205,6 +210,8 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         if not self._calls:
             return
         state = self._calls.pop()
+        if state.native_hold is not None:
+            _budget.BLAS.release(state.native_hold)
         if state.shares is not None:
             state.shares.clear()
         if state.events is not None:
