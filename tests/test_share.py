@@ -271,3 +271,56 @@ def test_workers_that_map_a_large_array_are_not_restarted(shared: bool) -> None:
         assert [value for value, _ in out] == [48_000_000.0] * 4
         seen |= {pid for _, pid in out}
     assert seen <= first, f"workers were replaced: {sorted(first)} then {sorted(seen)}"
+
+
+def segments_in(folder: str, _: object = None) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith("parlay-"))
+
+
+def test_temp_folder_holds_the_calls_copies_and_shared_arrays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array = np.arange(300_000, dtype=np.float64)  # 2.4 MB: copied once for the call
+    folder = str(tmp_path)
+    out = Parallel(n_jobs=2, backend="processes", temp_folder=tmp_path)(
+        delayed(segments_in)(folder, array) for _ in range(3)
+    )
+    assert all(len(seen) == 1 for seen in out), out
+    assert segments_in(folder) == [], "the call's copy was not removed"
+
+    assert segment_of(parlay.share(array, temp_folder=tmp_path)).startswith(folder)
+    with parlay.parallel_config(temp_folder=tmp_path):
+        assert segment_of(parlay.share(array)).startswith(folder)
+        seen = Parallel(n_jobs=2, backend="processes")(
+            delayed(segments_in)(folder, array) for _ in range(2)
+        )
+        assert all(seen), "parallel_config(temp_folder=) did not reach the call"
+    monkeypatch.setenv("PARLAY_TEMP_FOLDER", folder)
+    assert segment_of(parlay.share(array)).startswith(folder)
+    gc.collect()
+    assert segments_in(folder) == []
+
+
+def test_joblib_calls_use_their_temp_folder(tmp_path: Path) -> None:
+    joblib = pytest.importorskip("joblib")
+    array = np.arange(300_000, dtype=np.float64)
+    with parlay.parallel_config(backend="processes"):
+        out = joblib.Parallel(n_jobs=2, temp_folder=str(tmp_path))(
+            joblib.delayed(segments_in)(str(tmp_path), array) for _ in range(3)
+        )
+    assert all(len(seen) == 1 for seen in out), out
+    assert segments_in(str(tmp_path)) == []
+
+
+def test_bad_temp_folders_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TypeError, match="temp_folder must be None or a path"):
+        Parallel(temp_folder=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="temp_folder must be an existing folder"):
+        Parallel(temp_folder=tmp_path / "missing")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="temp_folder must be an existing folder"):
+        parlay.parallel_config(temp_folder=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="temp_folder must be an existing folder"):
+        parlay.share(np.ones(3), temp_folder=tmp_path / "missing")
+    monkeypatch.setenv("PARLAY_TEMP_FOLDER", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="PARLAY_TEMP_FOLDER"):
+        parlay.share(np.ones(3))

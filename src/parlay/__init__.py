@@ -52,7 +52,7 @@ from ._worker import BatchResult as BatchResult
 __version__ = "0.1.0.dev0"
 
 
-def share(array: _Any, *, writable: bool = False) -> _Any:
+def share(array: _Any, *, writable: bool = False, temp_folder: _Any = None) -> _Any:
     """Copy `array` once into shared memory; pass the result to tasks instead of `array`.
 
     Parameters
@@ -63,6 +63,11 @@ def share(array: _Any, *, writable: bool = False) -> _Any:
         Whether tasks in worker processes may write into it. Writes are then shared: the
         caller and every task see them (mind races between tasks). Without it, tasks get
         a read-only view; the caller can always write, and tasks of later calls see it.
+    temp_folder : path, optional
+        The folder of the segment: default, the ``temp_folder`` of the enclosing
+        :func:`parallel_config`, else ``PARLAY_TEMP_FOLDER``, else ``/dev/shm``. It must be
+        on a memory file system (tmpfs) for speed; one mounted with ``huge=within_size``
+        gives the array huge pages, which tasks read faster.
 
     Returns
     -------
@@ -86,7 +91,7 @@ def share(array: _Any, *, writable: bool = False) -> _Any:
     """
     from ._shared import share as _share  # here: `import parlay` does not import NumPy
 
-    return _share(array, writable=writable)
+    return _share(array, writable=writable, temp_folder=temp_folder)
 
 
 def __getattr__(name: str) -> _Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import numbers
+import os
 import re
 import threading
 import warnings
@@ -268,9 +269,16 @@ class Parallel:
     batch_size : int or "auto", default="auto"
         Tasks per batch. ``"auto"`` aims each batch at a duration suited to the
         backend, from measured task times, so tiny tasks do not drown in overhead.
-    temp_folder, max_nbytes, mmap_mode
-        joblib's settings for large arguments; accepted and validated so joblib code
-        runs unchanged.
+    temp_folder : path, optional
+        The folder where large arguments are copied once for worker processes on this
+        machine (default: ``parallel_config``, ``PARLAY_TEMP_FOLDER``, else ``/dev/shm``,
+        or the temp folder when ``/dev/shm`` lacks room). A tmpfs mounted with
+        ``huge=within_size`` gives them huge pages, which tasks read faster.
+    max_nbytes : int or str or None, default="1M"
+        Arrays from this size are sent once per call, not in every batch (None: never).
+    mmap_mode
+        joblib's setting; accepted and validated so joblib code runs unchanged (tasks
+        get copy-on-write arrays, never read-only memmaps).
     prefer : {"threads", "processes"}, optional
         The author's soft hint: what suits the tasks when the user set no backend.
     require : {"sharedmem"}, optional
@@ -308,7 +316,7 @@ class Parallel:
         timeout: float | None = None,
         pre_dispatch: str | int = "2 * n_jobs",
         batch_size: int | Literal["auto"] = "auto",
-        temp_folder: str | None = None,
+        temp_folder: str | os.PathLike[str] | None = None,
         max_nbytes: int | str | None = "1M",
         mmap_mode: str | None = "r",
         prefer: Literal["threads", "processes"] | None = None,
@@ -327,7 +335,7 @@ class Parallel:
         self._timeout = _check_timeout(timeout)
         self._pre_dispatch = _check_pre_dispatch(pre_dispatch)
         self._batch_size = _check_batch_size(batch_size)
-        _config.check_temp_folder(temp_folder)
+        self._temp_folder = _none_to_unset(_config.check_temp_folder(temp_folder))
         self._max_nbytes = _config.check_max_nbytes(max_nbytes)
         _config.check_choice(mmap_mode, "mmap_mode", _config.MMAP_MODES)
         self._prefer = _none_to_unset(_config.check_choice(prefer, "prefer", _config.PREFER_VALUES))
@@ -437,6 +445,7 @@ class Parallel:
             timeout=self._timeout,
             return_exceptions=self._return_exceptions,
             max_nbytes=self._max_nbytes,
+            temp_folder=_config.resolve("temp_folder", self._temp_folder, None).value,
             check_tasks=check_tasks,
             instruments=self._instruments(),
             backend_name=decision.backend,

@@ -1,9 +1,9 @@
 """The user's side: ``parallel_config``, the ``PARLAY_*`` environment, and precedence.
 
 A setting comes from, highest first: an explicit argument of the call; the innermost
-``parallel_config`` that set it; the environment (``PARLAY_BACKEND``, ``PARLAY_N_JOBS``);
-the default. :func:`resolve` does that in one place and returns the value together with
-where it came from, which the negotiation turns into reasons.
+``parallel_config`` that set it; the environment (``PARLAY_BACKEND``, ``PARLAY_N_JOBS``,
+``PARLAY_TEMP_FOLDER``); the default. :func:`resolve` does that in one place and returns
+the value together with where it came from, which the negotiation turns into reasons.
 
 Every public input is validated here, at the front door, before any worker starts.
 """
@@ -52,7 +52,11 @@ UNSET: Final = _Unset()
 PREFER_VALUES: Final = (None, "threads", "processes")
 REQUIRE_VALUES: Final = (None, "sharedmem")
 MMAP_MODES: Final = (None, "r+", "r", "w+", "c")
-ENV_VARS: Final = {"backend": "PARLAY_BACKEND", "n_jobs": "PARLAY_N_JOBS"}
+ENV_VARS: Final = {
+    "backend": "PARLAY_BACKEND",
+    "n_jobs": "PARLAY_N_JOBS",
+    "temp_folder": "PARLAY_TEMP_FOLDER",
+}
 
 Source = Literal["argument", "parallel_config", "environment", "default"]
 
@@ -164,13 +168,16 @@ def check_max_nbytes(value: object) -> int | None:
     return int(value)
 
 
-def check_temp_folder(value: object) -> str | None:
-    """Validate temp_folder: None or a path."""
+def check_temp_folder(value: object, name: str = "temp_folder") -> str | None:
+    """Validate temp_folder: None or the path of an existing folder."""
     if value is None:
         return None
     if not isinstance(value, str | os.PathLike):
-        raise TypeError(f"temp_folder must be None or a path, got {type(value).__name__}")
-    return os.fspath(value)
+        raise TypeError(f"{name} must be None or a path, got {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not os.path.isdir(path):
+        raise ValueError(f"{name} must be an existing folder, got {value!r}")
+    return path
 
 
 def check_backend(value: object) -> object:
@@ -249,7 +256,11 @@ class parallel_config:
         A hard constraint, as the author's ``require`` of :class:`Parallel`.
     inner_max_num_threads : int, optional
         Threads allowed to native (BLAS/OpenMP) pools in each worker.
-    max_nbytes, temp_folder, mmap_mode
+    temp_folder : path, optional
+        The folder for the shared copies of large arguments and for :func:`parlay.share`
+        arrays made in the block (default: ``PARLAY_TEMP_FOLDER``, else ``/dev/shm``).
+        A tmpfs mounted with ``huge=within_size`` gives them huge pages.
+    max_nbytes, mmap_mode
         joblib's large-argument settings, accepted so joblib code runs unchanged.
     progress : bool or {"tqdm", "rich"}, optional
         A progress bar of completed tasks for every call in the block (True: tqdm).
@@ -402,6 +413,8 @@ def _from_env(key: str, env_name: str, raw: str) -> object:
     try:
         if key == "n_jobs":
             return check_n_jobs(_budget.env_int(env_name), env_name)
+        if key == "temp_folder":
+            return check_temp_folder(raw, env_name)
         return check_backend(raw)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"environment variable {env_name}={raw!r} is invalid: {exc}") from None

@@ -113,6 +113,7 @@ class Call:
         timeout: float | None,
         return_exceptions: bool,
         max_nbytes: int | None,
+        temp_folder: str | None = None,
         check_tasks: Callable[[list[Any], int], list[Any]],
         on_close: Callable[[], None] | None = None,
         instruments: Dispatcher | None = None,
@@ -154,7 +155,7 @@ class Call:
         self._seq = itertools.count()
         self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._cancel = threading.Event()
-        self._shares = None if max_nbytes is None else CallShares(max_nbytes)
+        self._shares = None if max_nbytes is None else CallShares(max_nbytes, folder=temp_folder)
         self._blocking = session.blocking()
         self._events = instruments if instruments is not None and instruments.active else None
         # With an instrument that wants task times, batches of tasks that are not tiny

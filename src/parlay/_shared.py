@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import _config
 from ._sharing import SegmentRef, _Segment
 
 __all__ = ["SharedArray", "share"]
@@ -61,17 +62,19 @@ class SharedArray(np.ndarray):
         return result
 
 
-def share(array: Any, *, writable: bool = False) -> SharedArray:
+def share(array: Any, *, writable: bool = False, temp_folder: Any = None) -> SharedArray:
     """Copy `array` into shared memory (the body of :func:`parlay.share`)."""
     if not isinstance(writable, bool):
         raise TypeError(f"writable must be True or False, got {writable!r}")
+    explicit = _config.check_temp_folder(temp_folder)
+    folder = _config.resolve("temp_folder", _config.UNSET if explicit is None else explicit, None)
     source = np.asarray(array)
     if source.dtype.hasobject:
         raise TypeError(
             f"share() needs an array of plain values; dtype {source.dtype} holds Python "
             "objects, which cannot live in shared memory"
         )
-    segment = _Segment(source.nbytes)
+    segment = _Segment(source.nbytes, folder.value)
     fortran = source.flags.f_contiguous and not source.flags.c_contiguous
     order: Literal["C", "F"] = "F" if fortran else "C"
     shared = np.ndarray(source.shape, dtype=source.dtype, buffer=segment.mapping, order=order)

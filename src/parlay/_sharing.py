@@ -21,6 +21,7 @@ never pays for a shared copy.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import io
 import itertools
@@ -53,6 +54,8 @@ class CallShares:
     """Large arguments already put into the engine for one call."""
 
     max_nbytes: int
+    # Where local copies go (the call's temp_folder); None: /dev/shm.
+    folder: str | None = None
     handles: dict[int, tuple[object, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Arrays of REPEAT_NBYTES to max_nbytes already sent inside a batch's payload, by id:
@@ -158,7 +161,11 @@ def dumps_sharing(
     """
     buffer = io.BytesIO()
     pickler = _pickler_class()(buffer, shares, put, local)
-    pickler.dump(obj)
+    token = _FOLDER.set(shares.folder)
+    try:
+        pickler.dump(obj)
+    finally:
+        _FOLDER.reset(token)
     return buffer.getvalue(), pickler.used
 
 
@@ -192,24 +199,31 @@ def loads_shared(payload: bytes, values: tuple[Any, ...]) -> Any:
 
 _SHM_DIR: Final = "/dev/shm"
 
+# The folder of the call being pickled (its temp_folder), for the local copies it makes.
+_FOLDER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "parlay_temp_folder", default=None
+)
 
-def _segment_folder(nbytes: int) -> str:
-    """/dev/shm when it has room for `nbytes`, else the temp folder (with a warning)."""
+
+def _segment_folder(nbytes: int, folder: str | None = None) -> str:
+    """`folder` (else /dev/shm) when it has room for `nbytes`, else the temp folder."""
+    folder = folder or _FOLDER.get() or _SHM_DIR
     try:
-        stats = os.statvfs(_SHM_DIR)
+        stats = os.statvfs(folder)
     except OSError:
         return tempfile.gettempdir()
     free = stats.f_bavail * stats.f_frsize
     if free < nbytes * 1.1:
+        hint = " (docker run --shm-size=...)" if folder == _SHM_DIR else ""
         warnings.warn(
-            f"/dev/shm has {free / 2**20:.0f} MiB free, too little for a {nbytes / 2**20:.0f} "
+            f"{folder} has {free / 2**20:.0f} MiB free, too little for a {nbytes / 2**20:.0f} "
             f"MiB argument: parlay shares it through a file in {tempfile.gettempdir()} instead "
-            "(slower). Enlarge /dev/shm (docker run --shm-size=...) to avoid this.",
+            f"(slower). Give {folder} more room{hint} or choose another temp_folder.",
             ResourceWarning,
             stacklevel=5,
         )
         return tempfile.gettempdir()
-    return _SHM_DIR
+    return folder
 
 
 def _attach(path: str, shape: tuple[int, ...], dtype: str, order: Literal["C", "F"]) -> Any:
@@ -222,7 +236,7 @@ def _attach(path: str, shape: tuple[int, ...], dtype: str, order: Literal["C", "
         # ACCESS_COPY: a private mapping. Reads share the caller's pages; a task that
         # writes into its argument gets its own copy of the pages it writes, as it would
         # with a pickled copy, and never a read-only error.
-        buffer = mmap.mmap(fd, nbytes, access=mmap.ACCESS_COPY)
+        buffer = _huge(mmap.mmap(fd, nbytes, access=mmap.ACCESS_COPY))
     finally:
         os.close(fd)
     return np.ndarray(shape, dtype=np.dtype(dtype), buffer=buffer, order=order)
@@ -293,10 +307,10 @@ class CallCopy:
         _remove(self.path, mapping)
 
 
-def _new_segment(nbytes: int) -> tuple[str, int]:
+def _new_segment(nbytes: int, folder: str | None = None) -> tuple[str, int]:
     """Create a file of `nbytes` for a shared array, tracked for removal if this process
     dies: its path, and a descriptor open for reading and writing (the caller closes it)."""
-    folder = _segment_folder(nbytes)
+    folder = _segment_folder(nbytes, folder)
     path = os.path.join(folder, f"parlay-{os.getpid()}-{uuid.uuid4().hex[:16]}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -312,7 +326,21 @@ def _new_segment(nbytes: int) -> tuple[str, int]:
 def _populated_mapping(fd: int, nbytes: int) -> mmap.mmap:
     # MAP_POPULATE (Linux) faults the pages in at once, a third faster than one fault
     # per page during a copy.
-    return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return _huge(mmap.mmap(fd, nbytes, flags=flags))
+
+
+def _huge(mapping: mmap.mmap) -> mmap.mmap:
+    """Ask for huge pages, which a tmpfs mounted with ``huge=advise`` then gives.
+
+    Reading through 4 KiB pages is slower than through NumPy's own (transparent huge
+    page) arrays: summing 400 MB took 40 ms against 24 ms here.
+    """
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None and len(mapping):
+        with contextlib.suppress(OSError):
+            mapping.madvise(advice)
+    return mapping
 
 
 # Bytes a write() call copies at once: large enough to cost one system call per 64 MiB,
@@ -368,9 +396,9 @@ class _Segment:
 
     __slots__ = ("__weakref__", "address", "mapping", "nbytes", "path")
 
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, folder: str | None = None) -> None:
         self.nbytes = nbytes
-        self.path, fd = _new_segment(max(nbytes, 1))
+        self.path, fd = _new_segment(max(nbytes, 1), folder)
         try:
             self.mapping = _populated_mapping(fd, max(nbytes, 1))
         except BaseException:
@@ -432,7 +460,7 @@ def _mapped(path: str, writable: bool) -> mmap.mmap:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
             try:
                 access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-                mapping = mmap.mmap(fd, 0, access=access)
+                mapping = _huge(mmap.mmap(fd, 0, access=access))
             finally:
                 os.close(fd)
             _MAPPED[(path, writable)] = mapping

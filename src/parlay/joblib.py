@@ -33,7 +33,7 @@ from joblib import parallel_config as _joblib_parallel_config
 from joblib import register_parallel_backend
 from joblib._parallel_backends import ParallelBackendBase
 
-from . import _backends, _budget
+from . import _backends, _budget, _config
 from ._api import Parallel, remember_decision, task_context
 from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
@@ -137,7 +137,10 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         )
         max_nbytes = backend_kwargs.get("max_nbytes", _ONE_MIB)
         if caps.separate_processes and isinstance(max_nbytes, int):
-            state.shares = CallShares(max_nbytes)
+            folder = backend_kwargs.get("temp_folder")
+            if folder is None:
+                folder = _config.resolve("temp_folder", _config.UNSET, None).value
+            state.shares = CallShares(max_nbytes, folder=_config.check_temp_folder(folder))
         if events is not None:
             state.events = events
             state.info = CallInfo(
