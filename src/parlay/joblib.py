@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,6 +68,43 @@ class _CallState:
     shares: CallShares | None = None
     n_dispatched: int = 0  # joblib tasks submitted so far
     native_hold: int | None = None  # the native-thread limit held for the call, if any
+    # Runs joblib's completion callbacks when the workers are this process's threads.
+    deliveries: _Deliveries | None = None
+
+
+class _Deliveries:
+    """A thread that runs joblib's completion callbacks, in order, for one call.
+
+    A future's callbacks run in the thread that completes it: on thread workers, the
+    worker itself, which then dispatched joblib's next batch (a few hundred µs of
+    Python) before taking the one already queued. joblib's own thread pool hands its
+    callbacks to a thread of their own too; measured on W5 (200 batches), the workers
+    waited 38 ms each between batches.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[Any], None], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(
+            target=self._run, name="parlay-joblib-callbacks", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, callback: Callable[[Any], None], future: Any) -> None:
+        self._queue.put((callback, future))
+
+    def close(self) -> None:
+        """Stop once the callbacks already queued have run."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            callback, future = item
+            try:
+                callback(future)
+            except BaseException:  # joblib's callbacks handle their errors; log the rest
+                logger.exception("joblib's completion callback failed")
 
 
 class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
@@ -148,6 +186,8 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
             )
             events.emit("call_started", state.info)
         state.native_hold = native_hold(context, caps)
+        if not caps.separate_processes and not caps.inline:
+            state.deliveries = _Deliveries()
         if state.native_hold is not None:
             _budget.BLAS.acquire(state.native_hold)
         self._calls.append(state)
@@ -180,7 +220,10 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
             report_it = functools.partial(_report, state, batch, first, size, submitted)
             future.add_done_callback(report_it)
         if callback is not None:
-            future.add_done_callback(callback)
+            if state.deliveries is not None:
+                future.add_done_callback(functools.partial(state.deliveries.put, callback))
+            else:
+                future.add_done_callback(callback)
         return future
 
     def retrieve_result_callback(self, future: Future[BatchResult]) -> Any:
@@ -213,6 +256,8 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         if not self._calls:
             return
         state = self._calls.pop()
+        if state.deliveries is not None:
+            state.deliveries.close()
         if state.native_hold is not None:
             _budget.BLAS.release(state.native_hold)
         if state.shares is not None:
