@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -150,6 +151,35 @@ def kill_tree(pid: int | None = None, *, wait: float = 3.0) -> int:
     are not lost when their parent dies.
     """
     return kill_all(descendants(pid), wait)
+
+
+_SHM = "/dev/shm"
+# Names that joblib, loky and parlay give their /dev/shm entries, with the owner's pid.
+_SHM_PREFIXES = ("joblib_memmapping_folder_{}_", "sem.loky-{}-", "parlay-{}-")
+
+
+def remove_shm_of(pid: int) -> list[str]:
+    """Remove the /dev/shm entries a dead process left (a killed cell's tracker died too).
+
+    The sweep kills a cell's whole process group, loky's resource tracker included, so
+    the segments and semaphores the tracker would have removed stay. Returns their names.
+    """
+    if psutil.pid_exists(pid) or not os.path.isdir(_SHM):
+        return []
+    prefixes = tuple(prefix.format(pid) for prefix in _SHM_PREFIXES)
+    removed = []
+    for name in os.listdir(_SHM):
+        if name.startswith(prefixes):
+            path = os.path.join(_SHM, name)
+            try:
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+            except OSError:
+                continue
+            removed.append(name)
+    return removed
 
 
 def marked(token: str) -> list[psutil.Process]:

@@ -37,7 +37,15 @@ import benchmarks.clusters  # registers the cluster systems
 import benchmarks.libraries  # noqa: F401  (registers joblib's and parlay's systems)
 from benchmarks import report
 from benchmarks.context import add_fault_and_sampling_options
-from benchmarks.procs import TOKEN_VAR, descendants, kill_all, marked, name_of, session_members
+from benchmarks.procs import (
+    TOKEN_VAR,
+    descendants,
+    kill_all,
+    marked,
+    name_of,
+    remove_shm_of,
+    session_members,
+)
 from benchmarks.scenarios import WORKLOADS, calibrate_sort, calibrate_spin
 from benchmarks.systems import GROUP_NAMES, SYSTEMS, all_cores, group_members
 
@@ -136,8 +144,10 @@ def run_cell(
         except BaseException:  # Ctrl-C: leave nothing behind
             kill_cell(proc)
             sweep(proc.pid, token)
+            remove_shm_of(proc.pid)
             raise
         leftovers = sweep(proc.pid, token)
+        remove_shm_of(proc.pid)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
