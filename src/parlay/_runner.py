@@ -170,6 +170,7 @@ class Call:
         # Thread workers in this process hold the native pools' limit for each batch; the
         # call holds it too, so that it is not restored and set again between batches.
         self._native_hold = native_hold(context, capabilities)
+        self._native_held = False
         self._n_tasks = 0
         self._t0 = time.perf_counter()
         self._closed = False
@@ -179,11 +180,12 @@ class Call:
     def start(self) -> None:
         """Send the first batches (up to pre_dispatch); later ones go as results return."""
         self._blocking.__enter__()
-        if self._native_hold is not None:
-            _budget.BLAS.acquire(self._native_hold)
         if self._events is not None:
             self._events.emit("call_started", self._info)
         try:
+            if self._native_hold is not None:
+                _budget.BLAS.acquire(self._native_hold)
+                self._native_held = True
             self._fill()
         except BaseException:
             self._abort(kill=False)
@@ -414,8 +416,10 @@ class Call:
         if self._shares is not None:
             self._shares.clear()
         self._blocking.__exit__(None, None, None)
-        if self._native_hold is not None:
+        if self._native_held:
+            assert self._native_hold is not None
             _budget.BLAS.release(self._native_hold)
+            self._native_held = False
         logger.debug(
             "%d tasks in %.3f s on %s",
             self._n_tasks,
