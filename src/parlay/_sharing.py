@@ -2,10 +2,12 @@
 
 When a batch is pickled for another process, each NumPy array of at least ``max_nbytes``
 bytes (wherever it sits in the arguments: a list, a dict, an object's state) is left out
-of the payload through pickle's ``persistent_id`` hook. The session puts it into the
-engine once per call (``client.scatter`` on Dask, ``ray.put`` on Ray) and passes the
-handles beside the payload; the engine hands the worker the values, and the worker's
-unpickler puts them back in place through ``persistent_load``.
+of the payload through the pickler's ``reducer_override`` hook, which pickle calls for
+arrays but not for ints, strings, tuples or lists (``persistent_id``, called for every
+object, cost a Python call per int of a batch of tiny tasks). The session puts the array
+into the engine once per call (``client.scatter`` on Dask, ``ray.put`` on Ray) and passes
+the handles beside the payload; the engine hands the worker the values, and the payload
+refers to them by position (:func:`_shared_value`).
 
 The per-call store (:class:`CallShares`) keeps each array and its handle alive for the
 whole call, keyed by identity, so an array used by 32 tasks travels once, and an array
@@ -24,7 +26,6 @@ import contextlib
 import contextvars
 import functools
 import io
-import itertools
 import mmap
 import os
 import pickle
@@ -40,9 +41,6 @@ from typing import Any, Final, Literal, NamedTuple
 
 __all__ = ["CallShares", "SegmentRef", "dumps_sharing", "loads_shared"]
 
-# Argument types that never hold a large array: a batch of only these skips the slower
-# pickler with a persistent_id hook (a Python call per pickled object).
-_PLAIN: Final = frozenset({int, float, complex, bool, str, type(None)})
 
 # Arrays from this size up to max_nbytes are left out of a payload once an earlier batch
 # of the call carried them (see the module's docstring).
@@ -82,19 +80,12 @@ def _is_large(obj: object, max_nbytes: int) -> bool:
     return bool(obj.nbytes >= max_nbytes and not obj.dtype.hasobject)  # type: ignore[attr-defined]
 
 
-def needs_sharing_pass(args: list[tuple[Any, ...]], kwargs: list[dict[str, Any]] | None) -> bool:
-    """Whether any argument could hold a large array (anything but plain scalars)."""
-    if kwargs is not None and any(kwargs):
-        return True
-    return not _PLAIN.issuperset(map(type, itertools.chain.from_iterable(args)))
-
-
 @functools.cache
 def _pickler_class() -> type:
     import cloudpickle
 
     class SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
-        """cloudpickle's pickler that leaves large arrays out, as persistent ids."""
+        """cloudpickle's pickler that leaves large arrays out, as references to handles."""
 
         def __init__(
             self,
@@ -111,7 +102,15 @@ def _pickler_class() -> type:
             self.positions: dict[int, int] = {}
             self.inline: set[int] = set()  # arrays this payload carries itself
 
-        def persistent_id(self, value: object) -> int | None:
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj).__name__ in _ARRAY_TYPES:
+                position = self._left_out(obj)
+                if position is not None:
+                    return _shared_value, (position,)
+            return super().reducer_override(obj)
+
+        def _left_out(self, value: Any) -> int | None:
+            """The handle position of an array sent apart, or None to pickle it here."""
             shared = sys.modules.get("parlay._shared")  # loaded by parlay.share()
             if shared is not None and isinstance(value, shared.SharedArray):
                 if self.local:
@@ -121,7 +120,7 @@ def _pickler_class() -> type:
                 return self._position(value, lambda: self.put(plain))
             if not _is_large(value, REPEAT_NBYTES):
                 return None
-            if value.nbytes < self.shares.max_nbytes and not self._repeated(value):  # type: ignore[attr-defined]
+            if value.nbytes < self.shares.max_nbytes and not self._repeated(value):
                 return None
             return self._position(value, lambda: self.put(value))
 
@@ -151,6 +150,10 @@ def _pickler_class() -> type:
     return SharingPickler
 
 
+# The names of the array types the sharing pickler looks at (numpy's and parlay.share's).
+_ARRAY_TYPES: Final = frozenset({"ndarray", "SharedArray"})
+
+
 def dumps_sharing(
     obj: object, shares: CallShares, put: Callable[[object], Any], *, local: bool = False
 ) -> tuple[bytes, list[Any]]:
@@ -169,30 +172,27 @@ def dumps_sharing(
     return buffer.getvalue(), pickler.used
 
 
-class _SharedUnpickler(pickle.Unpickler):
-    """Puts the values of the handles back where :func:`dumps_sharing` left them out."""
+# The values of the handles of the payload being unpickled in this thread.
+_VALUES: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("parlay_shared_values")
 
-    def __init__(self, file: io.BytesIO, values: tuple[Any, ...]) -> None:
-        super().__init__(file)
-        self.values: tuple[Any, ...] | None = values
 
-    def persistent_load(self, pid: Any) -> Any:
-        assert self.values is not None
-        return self.values[pid]
+def _shared_value(position: int) -> Any:
+    """In the worker: the value of the payload's handle at `position` (see dumps_sharing)."""
+    return _VALUES.get()[position]
 
 
 def loads_shared(payload: bytes, values: tuple[Any, ...]) -> Any:
     """Unpickle a payload from :func:`dumps_sharing`, given the values of its handles.
 
-    A module-level unpickler, dropped at once: a class made per call (with a closure
-    over the values) would sit in a reference cycle, and keep a worker's mapping of a
-    400 MB segment alive until the garbage collector runs, long after the call.
+    The values are reachable only while the payload is unpickled (a context variable,
+    reset at once): nothing keeps a worker's mapping of a 400 MB segment alive after the
+    tasks that use it.
     """
-    unpickler = _SharedUnpickler(io.BytesIO(payload), values)
+    token = _VALUES.set(values)
     try:
-        return unpickler.load()
+        return pickle.loads(payload)
     finally:
-        unpickler.values = None
+        _VALUES.reset(token)
 
 
 # -- shared memory on this machine ----------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, Final, cast
 from . import _budget, _config, _output
 from ._exceptions import RemoteTraceback, SerializationError
 from ._instrument import BatchReport
-from ._sharing import CallShares, dumps_sharing, loads_shared, needs_sharing_pass, resolve
+from ._sharing import CallShares, dumps_sharing, loads_shared, resolve
 
 __all__ = ["Batch", "BatchResult", "WorkerContext", "pack", "run_batch", "run_packed", "unpack"]
 
@@ -412,8 +412,6 @@ def pack_sharing(
     batch: Batch, put: Callable[[object], Any], *, local: bool = False
 ) -> tuple[bytes, list[Any]]:
     """:func:`pack`, with the call's large arrays sent apart by `put` (see ``_sharing``)."""
-    if not needs_sharing_pass(batch.args, batch.kwargs):
-        return pack(batch), []
     # Without a per-call store (max_nbytes=None) only parlay.share() arrays are left out.
     shares = batch.shares if batch.shares is not None else CallShares(sys.maxsize)
     try:
