@@ -14,6 +14,10 @@ token in the environment or still in its session is killed. The tables go
 to stdout (and to ``--markdown``), progress to stderr, and all records (with
 the run's metadata) to ``--out`` as JSON.
 
+``--rounds N`` runs the whole grid N times, every other round backwards, and
+pools each cell's calls: on a machine whose speed drifts during the run (a
+shared host), no system gets all the slow minutes.
+
 ``--systems`` takes system names and group names: ``default`` (the default
 run), ``clusters`` (parlay and joblib on Dask and Ray), ``optional``, ``all``.
 """
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +41,7 @@ from typing import Any
 import benchmarks.clusters  # registers the cluster systems
 import benchmarks.libraries  # noqa: F401  (registers joblib's and parlay's systems)
 from benchmarks import report
-from benchmarks.context import add_fault_and_sampling_options
+from benchmarks.context import add_fault_and_sampling_options, summary
 from benchmarks.procs import (
     TOKEN_VAR,
     descendants,
@@ -174,6 +179,55 @@ def run_cell(
     return record
 
 
+# Memory figures merged over rounds by their maximum (the rest come from the first round).
+_PEAKS = frozenset(
+    {
+        "tree_rss_peak_mb",
+        "tree_rss_peak_extra_mb",
+        "machine_used_peak_extra_mb",
+        "processes_max",
+        "threads_peak",
+        "foreign_cpu_share",
+    }
+)
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record for a cell run in several rounds: its measured calls pooled.
+
+    The value is recomputed over every call of every round that succeeded (its scale
+    and unit kept from the cell's own summary), start-up is the median of the rounds,
+    and the memory and thread peaks are the highest seen. A round that failed makes
+    the whole cell that round's record, since a failure is the news.
+    """
+    failed = [rec for rec in rounds if rec.get("status") != "ok"]
+    if failed:
+        return failed[0]
+    timed = [rec for rec in rounds if rec.get("times_s") and "value" in rec]
+    if len(timed) != len(rounds) or len(rounds) == 1:
+        return rounds[-1]
+    merged = dict(rounds[0])
+    first = rounds[0]
+    scale = first["value"]["median"] / statistics.median(first["times_s"])
+    times = [t for rec in timed for t in rec["times_s"]]
+    merged["times_s"] = times
+    merged["value"] = summary(times, first["value"]["unit"], scale)
+    merged["rounds"] = len(rounds)
+    starts = [rec["startup_s"] for rec in rounds if "startup_s" in rec]
+    if starts:
+        merged["startup_s"] = statistics.median(starts)
+    memories = [rec["memory"] for rec in rounds if rec.get("memory")]
+    if memories:
+        memory = dict(memories[0])
+        for key, value in memory.items():
+            values = [m[key] for m in memories if isinstance(m.get(key), int | float)]
+            if values and isinstance(value, int | float) and key in _PEAKS:
+                memory[key] = max(values)
+        merged["memory"] = memory
+    merged["cell_wall_s"] = sum(rec["cell_wall_s"] for rec in rounds)
+    return merged
+
+
 def progress(i: int, total: int, rec: dict[str, Any]) -> None:
     """One line per finished cell, on stderr."""
     text = report.cell_text(rec)
@@ -218,6 +272,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "default: the default group (--list)",
     )
     p.add_argument("--repeat", type=int, default=3, help="measured calls per cell (default 3)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the whole grid this many times, interleaved, and pool each cell's "
+        "calls (default 1): a machine whose speed drifts during the run then biases "
+        "no system",
+    )
     p.add_argument(
         "--timeout", type=float, default=120.0, help="seconds before a cell is killed (default 120)"
     )
@@ -269,12 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     calibration = {k: v for k, v in meta.items() if k.startswith("w")}
     if calibration:
         print(f"calibration: {json.dumps(calibration)}", file=sys.stderr, flush=True)
-    records = []
-    total = len(workloads) * len(systems)
-    for w in workloads:
-        for s in systems:
-            records.append(run_cell(w, s, args, extra))
-            progress(len(records), total, records[-1])
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
+    meta["rounds"] = args.rounds
+    cells = [(w, s) for w in workloads for s in systems]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {cell: [] for cell in cells}
+    total = len(cells) * args.rounds
+    done = 0
+    for round_ in range(args.rounds):
+        # Odd rounds go backwards: no system is always the first after a warm machine.
+        for w, s in cells if round_ % 2 == 0 else reversed(cells):
+            runs[w, s].append(run_cell(w, s, args, extra))
+            done += 1
+            progress(done, total, runs[w, s][-1])
+    records = [merge_rounds(runs[cell]) for cell in cells]
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     tables = report.render(records, workloads, systems, pairs)
     print(tables)
