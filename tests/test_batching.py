@@ -113,3 +113,29 @@ def test_tasks_read_from_a_generator_die_young(backend: str) -> None:
     out = Parallel(n_jobs=2, backend=backend)(tasks())
     assert out == [i * i for i in range(5000)]
     assert max(alive) <= 2 * 64 + 1, f"tasks read but still alive: {alive}"
+
+
+def test_a_slow_source_of_tiny_tasks_is_not_read_whole_before_sending() -> None:
+    # Tasks that run faster than the source makes them: a batch sized for the target
+    # duration would hold the whole source, read before anything is sent while the
+    # workers wait. Reading ahead is bounded in time, so work starts as tasks come.
+    n_tasks = 1500
+    started: list[int] = []
+    made = [0]
+
+    def note(i: int) -> int:
+        started.append(made[0])  # how many tasks the source had made when this one ran
+        return i
+
+    def tasks() -> Iterator[Any]:
+        for i in range(n_tasks):
+            time.sleep(0.0001)  # a source slower than the tasks (and off the GIL)
+            made[0] += 1
+            yield delayed(note)(i)
+
+    out = Parallel(n_jobs=2, backend="threads")(tasks())
+    assert out == list(range(n_tasks))
+    # Nearly every task ran while the source was still making the rest (reading up to
+    # the batch size, the whole source, first: about 650 of 1500 here).
+    early = sum(made_then < n_tasks for made_then in started)
+    assert early >= n_tasks * 9 // 10, f"{early} of {n_tasks} tasks ran before the source ended"

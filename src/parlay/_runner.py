@@ -71,6 +71,8 @@ def _notify(done: queue.SimpleQueue[int], seq: int, _future: Future[BatchResult]
 
 # Tasks read from the source at a time (see Call._read).
 _READ_SLICE = 64
+# Seconds a step of reading ahead may take (see Call._read_ahead).
+_READ_AHEAD_SECONDS = 0.002
 _FUNC = operator.attrgetter("func")
 _ARGS = operator.attrgetter("args")
 _KWARGS = operator.attrgetter("keywords")
@@ -203,7 +205,13 @@ class Call:
             remaining = self._remaining
             if remaining is None and self._sizer.automatic:
                 remaining = self._read_ahead(self._sizer.next_size())
-            chunk = self._take(self._sizer.next_size(remaining))
+                size = self._sizer.next_size(remaining)
+                if remaining is None:
+                    # The end is not in sight: send what has been read, read no more now.
+                    size = min(size, max(1, len(self._ahead.funcs) - self._ahead_at))
+            else:
+                size = self._sizer.next_size(remaining)
+            chunk = self._take(size)
             if not chunk.funcs:
                 break
             batch = batch_of(
@@ -252,11 +260,17 @@ class Call:
         return chunk
 
     def _read_ahead(self, size: int) -> int | None:
-        """Hold about a batch per worker, plus one, read ahead; the count left once known."""
+        """Hold about a batch per worker, plus one, read ahead; the count left once known.
+
+        A step reads for at most ``_READ_AHEAD_SECONDS``: tasks that take less time to
+        run than to make (W1: a generator of ``delayed`` calls) would otherwise be read
+        by the tens of thousands, the whole source at once, while the workers wait.
+        """
         want = size * (self._n_workers + 1)
         held = len(self._ahead.funcs) - self._ahead_at
         if not self._source_done and held < want:
-            self._hold(self._read(want - held))
+            deadline = time.perf_counter() + _READ_AHEAD_SECONDS
+            self._hold(self._read(want - held, deadline))
         return len(self._ahead.funcs) - self._ahead_at if self._source_done else None
 
     def _hold(self, fresh: _Columns) -> None:
@@ -265,7 +279,7 @@ class Call:
         ahead.extend(fresh)
         self._ahead, self._ahead_at = ahead, 0
 
-    def _read(self, size: int) -> _Columns:
+    def _read(self, size: int, deadline: float | None = None) -> _Columns:
         """Read up to `size` tasks from the source, checked, as columns.
 
         A few dozen at a time, each slice split into columns at once: a task's own
@@ -287,6 +301,8 @@ class Call:
                 out.kwargs.extend(map(_KWARGS, part))
             if len(part) < asked:
                 self._source_done = True
+                break
+            if deadline is not None and time.perf_counter() > deadline:
                 break
         return out
 
