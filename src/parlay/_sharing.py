@@ -445,7 +445,9 @@ class SegmentRef(NamedTuple):
 
 
 # Worker side: segments this process mapped, by (path, writable). A segment is mapped
-# once and reused by every later batch and call, so its pages are faulted in once.
+# once and reused by every later batch and call, its pages faulted in at once when it is
+# mapped (MAP_POPULATE): W4s on processes 1.45x -> 1.28x the threads time, where tasks
+# faulted the pages of their slices in call after call until each worker had seen them all.
 _MAPPED: dict[tuple[str, bool], mmap.mmap] = {}
 _MAPPED_LOCK = threading.Lock()
 
@@ -459,8 +461,9 @@ def _mapped(path: str, writable: bool) -> mmap.mmap:
         if mapping is None:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
             try:
-                access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-                mapping = _huge(mmap.mmap(fd, 0, access=access))
+                prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                mapping = _huge(mmap.mmap(fd, 0, flags=flags, prot=prot))
             finally:
                 os.close(fd)
             _MAPPED[(path, writable)] = mapping
