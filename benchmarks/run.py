@@ -208,7 +208,8 @@ def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return rounds[-1]
     merged = dict(rounds[0])
     first = rounds[0]
-    scale = first["value"]["median"] / statistics.median(first["times_s"])
+    middle = statistics.median(first["times_s"])
+    scale = first["value"]["median"] / middle if middle else 1.0
     times = [t for rec in timed for t in rec["times_s"]]
     merged["times_s"] = times
     merged["value"] = summary(times, first["value"]["unit"], scale)
