@@ -76,3 +76,19 @@ def test_rounds_must_be_positive() -> None:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "--rounds must be at least 1" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["W5", "serial"], "give two systems or more"),
+        (["W5", "serial,nope"], "unknown: ['nope']"),
+        (["W6", "serial,parlay-threads", "--calls", "0"], "--calls must be at least 1"),
+        (["W1", "serial,parlay-threads"], "invalid choice: 'W1'"),
+    ],
+)
+def test_the_interleaved_runner_names_bad_input(args: list[str], message: str) -> None:
+    command = [sys.executable, "-m", "benchmarks.interleaved", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
