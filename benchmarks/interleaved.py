@@ -78,6 +78,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [name for name in args.systems if name not in SYSTEMS]
     if unknown or len(args.systems) < 2:
         p.error(f"give two systems or more among {', '.join(SYSTEMS)}; unknown: {unknown}")
+    if {"parlay-ray", "joblib-ray"} <= set(args.systems):
+        p.error("parlay-ray and joblib-ray cannot share a process (one ray.init each)")
     if args.calls < 1:
         p.error(f"--calls must be at least 1, got {args.calls}")
     return args

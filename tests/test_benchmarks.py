@@ -85,6 +85,7 @@ def test_rounds_must_be_positive() -> None:
         (["W5", "serial,nope"], "unknown: ['nope']"),
         (["W6", "serial,parlay-threads", "--calls", "0"], "--calls must be at least 1"),
         (["W1", "serial,parlay-threads"], "invalid choice: 'W1'"),
+        (["W5", "parlay-ray,joblib-ray"], "cannot share a process"),
     ],
 )
 def test_the_interleaved_runner_names_bad_input(args: list[str], message: str) -> None:
