@@ -71,8 +71,11 @@ def _notify(done: queue.SimpleQueue[int], seq: int, _future: Future[BatchResult]
 
 # Tasks read from the source at a time (see Call._read).
 _READ_SLICE = 64
-# Seconds a step of reading ahead may take (see Call._read_ahead).
-_READ_AHEAD_SECONDS = 0.002
+# A step of reading ahead takes at most this share of the backend's batch duration, and
+# no less than _READ_AHEAD_MIN_SECONDS (see Call._read_ahead): what is read in one step
+# goes out as one batch, and a batch must be worth its cost (milliseconds on Dask).
+_READ_AHEAD_SHARE = 0.1
+_READ_AHEAD_MIN_SECONDS = 0.002
 _FUNC = operator.attrgetter("func")
 _ARGS = operator.attrgetter("args")
 _KWARGS = operator.attrgetter("keywords")
@@ -144,6 +147,9 @@ class Call:
         self._ahead = _Columns([], [], [])
         self._ahead_at = 0  # the first task of _ahead not yet sent
         self._source_done = False
+        self._read_step = max(
+            _READ_AHEAD_MIN_SECONDS, capabilities.batch_seconds * _READ_AHEAD_SHARE
+        )
         # An inline session finishes each batch inside submit(): keep one in flight,
         # so that generator modes run lazily, batch by batch, as they are consumed.
         self._max_inflight = 1 if capabilities.inline else (pre_dispatch or float("inf"))
@@ -262,14 +268,15 @@ class Call:
     def _read_ahead(self, size: int) -> int | None:
         """Hold about a batch per worker, plus one, read ahead; the count left once known.
 
-        A step reads for at most ``_READ_AHEAD_SECONDS``: tasks that take less time to
-        run than to make (W1: a generator of ``delayed`` calls) would otherwise be read
-        by the tens of thousands, the whole source at once, while the workers wait.
+        A step reads for at most a tenth of the backend's batch duration (2 ms at least):
+        tasks that take less time to run than to make (W1: a generator of ``delayed``
+        calls) would otherwise be read by the tens of thousands, the whole source at
+        once, while the workers wait.
         """
         want = size * (self._n_workers + 1)
         held = len(self._ahead.funcs) - self._ahead_at
         if not self._source_done and held < want:
-            deadline = time.perf_counter() + _READ_AHEAD_SECONDS
+            deadline = time.perf_counter() + self._read_step
             self._hold(self._read(want - held, deadline))
         return len(self._ahead.funcs) - self._ahead_at if self._source_done else None
 
