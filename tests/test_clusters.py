@@ -359,3 +359,33 @@ def test_shared_segments_are_released_when_a_worker_is_killed(
         # Leave the session's cluster as found: its nanny restarts the killed worker.
         with distributed.Client(request.getfixturevalue("dask_cluster"), timeout=10) as client:
             client.wait_for_workers(2, timeout=30)
+
+
+def return_then_die(delay: float) -> float:
+    """Return at once, and kill this worker process `delay` seconds later."""
+    import signal
+    import threading
+
+    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    return delay
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_dies_before_its_result_is_fetched_is_named(dask_cluster: Any) -> None:
+    # The task finished, but its worker may die before the client gathers the result:
+    # the gather then fails with distributed's KilledWorker, which must come out as the
+    # dead worker it is. Whatever the moment of the death, the call returns the result
+    # (fetched in time) or raises WorkerDiedError, and nothing else.
+    from parlay import WorkerDiedError
+
+    outcomes = []
+    for delay in (0.0, 0.001, 0.002, 0.003, 0.005, 0.01):
+        try:
+            out = Parallel(n_jobs=1, backend="dask")([delayed(return_then_die)(delay)])
+        except WorkerDiedError as exc:
+            outcomes.append("died" if "died" in str(exc) else f"unnamed: {exc}")
+        else:
+            assert out == [delay]
+            outcomes.append("returned")
+    assert set(outcomes) <= {"died", "returned"}, outcomes
+    assert "died" in outcomes, outcomes

@@ -217,10 +217,13 @@ class DaskSession(Session):
         def _done(done: Any) -> None:
             if done.cancelled():
                 target.source_cancelled()
-            elif done.status == "error":
-                target.settle(lambda: done.result(), lambda error: self._map_error(error, batch))
             else:
-                target.settle(lambda: unpack(done.result(), batch))
+                # A finished task's result can still be lost: its worker may die before
+                # the client gathers it, and the gather then raises KilledWorker too.
+                target.settle(
+                    lambda: unpack(done.result(), batch),
+                    lambda error: self._map_error(error, batch),
+                )
 
         source.add_done_callback(_done)
         return target
