@@ -375,17 +375,26 @@ def test_a_worker_that_dies_before_its_result_is_fetched_is_named(dask_cluster: 
     # The task finished, but its worker may die before the client gathers the result:
     # the gather then fails with distributed's KilledWorker, which must come out as the
     # dead worker it is. Whatever the moment of the death, the call returns the result
-    # (fetched in time) or raises WorkerDiedError, and nothing else.
+    # (fetched in time) or raises WorkerDiedError, and nothing else. A cluster of its
+    # own: the workers it kills come back on their own time, and the session's cluster
+    # must stay whole for the tests that follow.
     from parlay import WorkerDiedError
+    from parlay._backends.dask import EmbeddedCluster
 
+    cluster = EmbeddedCluster(2)
     outcomes = []
-    for delay in (0.0, 0.001, 0.002, 0.003, 0.005, 0.01):
-        try:
-            out = Parallel(n_jobs=1, backend="dask")([delayed(return_then_die)(delay)])
-        except WorkerDiedError as exc:
-            outcomes.append("died" if "died" in str(exc) else f"unnamed: {exc}")
-        else:
-            assert out == [delay]
-            outcomes.append("returned")
+    try:
+        with parallel_config(backend="dask", client=cluster.client):
+            for delay in (0.0, 0.002, 0.005):
+                try:
+                    out = Parallel(n_jobs=1)([delayed(return_then_die)(delay)])
+                except WorkerDiedError as exc:
+                    outcomes.append("died" if "died" in str(exc) else f"unnamed: {exc}")
+                else:
+                    assert out == [delay]
+                    outcomes.append("returned")
+                cluster.client.wait_for_workers(2, timeout=60)
+    finally:
+        cluster.close()
     assert set(outcomes) <= {"died", "returned"}, outcomes
     assert "died" in outcomes, outcomes
