@@ -323,11 +323,12 @@ def _new_segment(nbytes: int, folder: str | None = None) -> tuple[str, int]:
     return path, fd
 
 
-def _populated_mapping(fd: int, nbytes: int) -> mmap.mmap:
+def _populated_mapping(fd: int, nbytes: int, *, writable: bool = True) -> mmap.mmap:
     # MAP_POPULATE (Linux) faults the pages in at once, a third faster than one fault
-    # per page during a copy.
+    # per page during a copy. nbytes=0 maps the whole file.
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    return _huge(mmap.mmap(fd, nbytes, flags=flags))
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    return _huge(mmap.mmap(fd, nbytes, flags=flags, prot=prot))
 
 
 def _huge(mapping: mmap.mmap) -> mmap.mmap:
@@ -461,9 +462,7 @@ def _mapped(path: str, writable: bool) -> mmap.mmap:
         if mapping is None:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
             try:
-                prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-                mapping = _huge(mmap.mmap(fd, 0, flags=flags, prot=prot))
+                mapping = _populated_mapping(fd, 0, writable=writable)
             finally:
                 os.close(fd)
             _MAPPED[(path, writable)] = mapping
