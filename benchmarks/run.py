@@ -220,9 +220,9 @@ def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     memories = [rec["memory"] for rec in rounds if rec.get("memory")]
     if memories:
         memory = dict(memories[0])
-        for key, value in memory.items():
+        for key in _PEAKS & memory.keys():
             values = [m[key] for m in memories if isinstance(m.get(key), int | float)]
-            if values and isinstance(value, int | float) and key in _PEAKS:
+            if values:
                 memory[key] = max(values)
         merged["memory"] = memory
     merged["cell_wall_s"] = sum(rec["cell_wall_s"] for rec in rounds)
@@ -289,7 +289,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="write all records as JSON to this file")
     p.add_argument("--markdown", help="also write the tables to this file")
     p.add_argument("--list", action="store_true", help="list workloads and systems, then exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     calibration = {k: v for k, v in meta.items() if k.startswith("w")}
     if calibration:
         print(f"calibration: {json.dumps(calibration)}", file=sys.stderr, flush=True)
-    if args.rounds < 1:
-        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     meta["rounds"] = args.rounds
     cells = [(w, s) for w in workloads for s in systems]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {cell: [] for cell in cells}
