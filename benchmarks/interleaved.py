@@ -29,12 +29,10 @@ from benchmarks.scikit import (
     SKLEARN_IMPORTS,
     W5_SAMPLES,
     W5_TREES,
-    W6_CV,
-    W6_GRID,
     W6_SAMPLES,
-    W6_TREES,
     dataset,
     forest,
+    grid_search,
 )
 from benchmarks.systems import SYSTEMS, Adapter, all_cores
 
@@ -45,13 +43,7 @@ def model_maker(workload: str) -> tuple[int, Callable[[int], Any]]:
     """The dataset size and the model of a workload, given scikit-learn's ``n_jobs``."""
     if workload == "W5":
         return W5_SAMPLES, lambda n_jobs: forest(W5_TREES, n_jobs)
-
-    def search(n_jobs: int) -> Any:
-        from sklearn.model_selection import GridSearchCV  # type: ignore[import-untyped]
-
-        return GridSearchCV(forest(W6_TREES, n_jobs), W6_GRID, cv=W6_CV, n_jobs=n_jobs)
-
-    return W6_SAMPLES, search
+    return W6_SAMPLES, grid_search
 
 
 def fit_once(adapter: Adapter, make: Callable[[int], Any], X: Any, y: Any) -> float:

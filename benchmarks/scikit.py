@@ -115,12 +115,15 @@ def run_w5(adapter: Adapter, ctx: Context) -> dict[str, Any]:
     return res
 
 
-def run_w6(adapter: Adapter, ctx: Context) -> dict[str, Any]:
-    """W6: ``GridSearchCV(RandomForestClassifier(50 trees, n_jobs=-1), grid, cv=3, n_jobs=-1)``."""
+def grid_search(n_jobs: int) -> Any:
+    """W6's model: ``GridSearchCV`` of a 50-tree forest, both with ``n_jobs``."""
     from sklearn.model_selection import GridSearchCV  # type: ignore[import-untyped]
 
-    def search(n_jobs: int) -> Any:
-        return GridSearchCV(forest(W6_TREES, n_jobs), W6_GRID, cv=W6_CV, n_jobs=n_jobs)
+    return GridSearchCV(forest(W6_TREES, n_jobs), W6_GRID, cv=W6_CV, n_jobs=n_jobs)
+
+
+def run_w6(adapter: Adapter, ctx: Context) -> dict[str, Any]:
+    """W6: ``GridSearchCV(RandomForestClassifier(50 trees, n_jobs=-1), grid, cv=3, n_jobs=-1)``."""
 
     def fingerprint(model: Any) -> str:
         scores = model.cv_results_["mean_test_score"]
@@ -130,7 +133,7 @@ def run_w6(adapter: Adapter, ctx: Context) -> dict[str, Any]:
             f"scores_sum={float(scores.sum()):.6f} nodes={forest_nodes(model.best_estimator_)}"
         )
 
-    res = fit_calls(adapter, ctx, W6_SAMPLES, search, fingerprint)
+    res = fit_calls(adapter, ctx, W6_SAMPLES, grid_search, fingerprint)
     res["params"] = {
         "samples": W6_SAMPLES,
         "features": FEATURES,
