@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -53,6 +54,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
+_dask_session: list[Any] = []  # the session's EmbeddedCluster, once started
+_dask_lost: list[str] = []  # why it was found without its workers, if ever
+
+
+def _dask_whole() -> None:
+    """Fail at once, naming the cause, when the session's cluster has lost its workers.
+
+    Its tasks would queue forever: each test would hang until its timeout instead.
+    """
+    if not _dask_lost:
+        try:
+            _dask_session[0].client.wait_for_workers(2, timeout=30)
+        except Exception as exc:
+            _dask_lost.append(f"{type(exc).__name__}: {exc}")
+    if _dask_lost:
+        pytest.fail(f"the session's Dask cluster lost its workers ({_dask_lost[0]})")
+
+
 @pytest.fixture(scope="session")
 def dask_cluster() -> Iterator[str]:
     """A real LocalCluster on 127.0.0.1, shared by the session; parlay reaches it by address.
@@ -66,6 +85,7 @@ def dask_cluster() -> Iterator[str]:
     pids = {p.pid for p in psutil.Process().children()}
     threads = set(threading.enumerate())
     cluster = EmbeddedCluster(2)
+    _dask_session.append(cluster)
     _own(pids, threads)
     _engines_started.add("dask")
     os.environ["PARLAY_DASK_ADDRESS"] = cluster.address
@@ -73,6 +93,7 @@ def dask_cluster() -> Iterator[str]:
         yield cluster.address
     finally:
         os.environ.pop("PARLAY_DASK_ADDRESS", None)
+        _dask_session.clear()
         cluster.close()
 
 
@@ -107,6 +128,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     name = str(request.param)
     if name == "dask":
         request.getfixturevalue("dask_cluster")
+        _dask_whole()
     elif name == "ray":
         request.getfixturevalue("ray_runtime")
     return name

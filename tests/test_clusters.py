@@ -398,3 +398,29 @@ def test_a_worker_that_dies_before_its_result_is_fetched_is_named(dask_cluster: 
         cluster.close()
     assert set(outcomes) <= {"died", "returned"}, outcomes
     assert "died" in outcomes, outcomes
+
+
+@pytest.mark.timeout(120)
+def test_the_embedded_cluster_replaces_a_nanny_that_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SpecCluster closes the nanny of a worker still absent `lost-worker-timeout` after
+    # its removal. Made 50 ms here, every worker death ends its nanny while the worker
+    # is starting again: the cluster must get back to its size on its own, every time.
+    from parlay import WorkerDiedError
+    from parlay._backends.dask import EmbeddedCluster
+    from parlay.testing import kill_self_at
+
+    monkeypatch.setenv("DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT", "50ms")
+    cluster = EmbeddedCluster(2)
+    try:
+        with parallel_config(backend="dask", client=cluster.client):
+            for _ in range(3):
+                with pytest.raises(WorkerDiedError):
+                    Parallel(n_jobs=1)([delayed(kill_self_at)(0, 0)])
+                cluster.client.wait_for_workers(2, timeout=30)
+                time.sleep(0.5)  # the nanny is closed 50 ms after the death
+                cluster.client.wait_for_workers(2, timeout=30)
+            assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    finally:
+        cluster.close()

@@ -19,7 +19,9 @@ import argparse
 import json
 import logging
 import os
+import select
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,10 +76,41 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(args.report_fd, "w") as report:
             report.write(json.dumps({"address": cluster.scheduler_address, "dashboard": link}))
             report.write("\n")
-        sys.stdin.read()  # returns at EOF: parlay closed the pipe, or its process died
+        # Until EOF on standard input (parlay closed the pipe, or its process died),
+        # keep every worker of the cluster's spec alive.
+        loop = cluster.loop
+        assert loop is not None
+        while not select.select([sys.stdin], [], [], HEAL_INTERVAL)[0]:
+            loop.add_callback(_heal, cluster)
+        sys.stdin.read()
     finally:
         cluster.close(timeout=10)
     return 0
+
+
+# Seconds between two checks that the cluster still has all its nannies.
+HEAL_INTERVAL = 1.0
+
+
+def _heal(cluster: Any) -> None:
+    """Start again the workers whose nanny is gone: the cluster keeps its size.
+
+    A nanny restarts its worker when the worker process dies (a task's ``os._exit``, the
+    OOM killer, parlay restarting a worker that ran past a timeout), but LocalCluster
+    never replaces a nanny that has ended, and two things end one: ``SpecCluster``
+    closes the nanny of a worker that is absent ``distributed.deploy.lost-worker-timeout``
+    (15 s) after it was removed, so a worker that dies again at that moment, while it is
+    starting, loses its nanny; and a nanny whose worker dies while starting closes
+    itself. Workers killed every few seconds (the dead-worker checks of the test suite)
+    left the cluster with none, and every call queued forever. Runs on the event loop.
+    """
+    from distributed.core import Status
+
+    for name, nanny in list(cluster.workers.items()):
+        if nanny.status in (Status.closing, Status.closed, Status.failed):
+            del cluster.workers[name]
+    if set(cluster.worker_spec) - set(cluster.workers):
+        cluster.scale(len(cluster.worker_spec))  # starts the missing ones
 
 
 if __name__ == "__main__":
