@@ -251,7 +251,8 @@ def test_arrays_inside_pandas_objects_are_shared_once_per_call(backend: str) -> 
     assert out == [float(frame.to_numpy().sum()), float(frame["a"].sum())]
 
 
-def total_and_pid(array: np.ndarray) -> tuple[float, int]:
+def total_and_pid(array: np.ndarray, pause: float = 0.0) -> tuple[float, int]:
+    time.sleep(pause)
     return float(array.sum()), os.getpid()
 
 
@@ -260,8 +261,10 @@ def total_and_pid(array: np.ndarray) -> tuple[float, int]:
 def test_workers_that_map_a_large_array_are_not_restarted(shared: bool) -> None:
     # loky restarts a worker whose resident size grew 300 MB after its first task; mapped
     # shared memory is not the worker's own and must not count.
-    call = Parallel(n_jobs=2, backend="processes")
-    first = {pid for _, pid in call(delayed(total_and_pid)(np.ones(4)) for _ in range(8))}
+    call = Parallel(n_jobs=2, backend="processes", batch_size=1)
+    # Tasks long enough that both workers take some, even on a busy machine.
+    first = {pid for _, pid in call(delayed(total_and_pid)(np.ones(4), 0.2) for _ in range(8))}
+    assert len(first) == 2, first
     array = np.ones(48_000_000)  # 384 MB
     data = parlay.share(array) if shared else array
     seen: set[int] = set()
