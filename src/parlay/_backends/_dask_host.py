@@ -106,6 +106,8 @@ def _heal(cluster: Any) -> None:
     """
     from distributed.core import Status
 
+    if cluster.status != Status.running:
+        return  # starting, or closing: its own code is at work
     for name, nanny in list(cluster.workers.items()):
         if nanny.status in (Status.closing, Status.closed, Status.failed):
             del cluster.workers[name]
