@@ -317,6 +317,35 @@ def test_shared_arguments_are_private_copies_to_tasks_and_released(local_engine:
     assert shm_segments() == set()
 
 
+def shm_free_bytes() -> int:
+    stats = os.statvfs("/dev/shm")
+    return stats.f_bfree * stats.f_frsize
+
+
+def test_the_calls_copy_is_gone_at_once_and_its_memory_soon_after() -> None:
+    # The name goes when the call ends; the pages are freed off the caller's thread.
+    array = np.ones(16_000_000)  # 128 MB
+    before = shm_free_bytes()
+    out = Parallel(n_jobs=2, backend="processes")(
+        delayed(slice_sum)(array, k, k + 1000) for k in range(4)
+    )
+    assert out == [1000.0] * 4
+    assert shm_segments() == set()
+    # Other programs use /dev/shm too: allow them a little.
+    assert _wait_for(lambda: shm_free_bytes() > before - 16 * 2**20, 10), (
+        f"{(before - shm_free_bytes()) / 2**20:.0f} MB of /dev/shm still used"
+    )
+
+
+def _wait_for(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_shared_segments_are_released_when_a_task_fails() -> None:
     from parlay.testing import raise_at
 
