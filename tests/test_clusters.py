@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,38 @@ def test_the_calls_copy_is_gone_at_once_and_its_memory_soon_after() -> None:
     assert _wait_for(lambda: shm_free_bytes() > before - 16 * 2**20, 10), (
         f"{(before - shm_free_bytes()) / 2**20:.0f} MB of /dev/shm still used"
     )
+
+
+def test_back_to_back_calls_hold_one_copy_at_a_time() -> None:
+    # A call's copy is freed after it returns; the next call's copy waits for that, so
+    # /dev/shm never holds two (without the wait: 1.38x the array, sampled like this).
+    array = np.ones(16_000_000)  # 128 MB
+    call = Parallel(n_jobs=2, backend="processes")
+    call(delayed(slice_sum)(array, k, k + 1000) for k in range(2))
+    assert _wait_for(lambda: not list_freeing(), 10)
+    base = shm_free_bytes()
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], base - shm_free_bytes())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for _ in range(4):
+            call(delayed(slice_sum)(array, k, k + 1000) for k in range(2))
+    finally:
+        done.set()
+        sampler.join()
+    assert peak[0] < 1.15 * array.nbytes, f"{peak[0] / array.nbytes:.2f}x the array"
+
+
+def list_freeing() -> list[Any]:
+    from parlay import _sharing
+
+    return [t for t in _sharing._FREEING if t.is_alive()]
 
 
 def _wait_for(condition: Any, seconds: float) -> bool:
