@@ -262,8 +262,12 @@ def test_workers_that_map_a_large_array_are_not_restarted(shared: bool) -> None:
     # loky restarts a worker whose resident size grew 300 MB after its first task; mapped
     # shared memory is not the worker's own and must not count.
     call = Parallel(n_jobs=2, backend="processes", batch_size=1)
-    # Tasks long enough that both workers take some, even on a busy machine.
-    first = {pid for _, pid in call(delayed(total_and_pid)(np.ones(4), 0.2) for _ in range(8))}
+    # Until both workers have taken tasks (one may start late on a busy machine).
+    first: set[int] = set()
+    for _ in range(10):
+        first |= {pid for _, pid in call(delayed(total_and_pid)(np.ones(4), 0.2) for _ in range(4))}
+        if len(first) == 2:
+            break
     assert len(first) == 2, first
     array = np.ones(48_000_000)  # 384 MB
     data = parlay.share(array) if shared else array

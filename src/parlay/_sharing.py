@@ -270,7 +270,7 @@ class CallCopy:
     The caller's side owns the segment and removes it in :meth:`release`.
     """
 
-    __slots__ = ("_fd", "_mapping", "dtype", "nbytes", "order", "path", "shape")
+    __slots__ = ("_mapping", "dtype", "nbytes", "order", "path", "shape")
 
     def __init__(self, array: Any) -> None:
         self.shape = tuple(array.shape)
@@ -279,17 +279,17 @@ class CallCopy:
         fortran = array.flags.f_contiguous and not array.flags.c_contiguous
         self.order: Literal["C", "F"] = "F" if fortran else "C"
         self._mapping: mmap.mmap | None = None
-        # Kept open until release(): see there.
-        self._fd: int | None
-        self.path, self._fd = _new_segment(self.nbytes)
+        self.path, fd = _new_segment(self.nbytes)
         try:
             if array.flags.c_contiguous or array.flags.f_contiguous:
-                _write(self._fd, array.T if self.order == "F" else array)
+                _write(fd, array.T if self.order == "F" else array)
             else:
-                self._copy_through_mapping(self._fd, array)
+                self._copy_through_mapping(fd, array)
         except BaseException:
             self.release()
             raise
+        finally:
+            os.close(fd)
 
     def _copy_through_mapping(self, fd: int, array: Any) -> None:
         import numpy as np
@@ -307,20 +307,25 @@ class CallCopy:
 
         The name goes at once. The pages go when the last descriptor or mapping of the
         file closes, and freeing them takes time (54 ms for 400 MB here, a fifth of W4's
-        call on processes): this side's descriptor and mapping hold them past the unlink
-        and are closed by a short-lived thread, after the call has returned. If this
-        process dies first, its descriptors close with it: nothing can be left behind.
+        call on processes): for a large copy, a descriptor opened just before the unlink
+        (and this side's mapping, if any) holds them past it, and a short-lived thread
+        closes it after the call has returned. No descriptor is held during the call (a
+        call may pass a thousand arrays), and if this process dies its descriptors close
+        with it: nothing can be left behind.
         """
-        fd, self._fd = self._fd, None
         mapping, self._mapping = self._mapping, None
+        fd = None
+        if self.nbytes >= _CLOSE_LATER_BYTES:
+            with contextlib.suppress(OSError):
+                fd = os.open(self.path, os.O_RDONLY)
         _remove(self.path, None)
         if fd is not None or mapping is not None:
             _close_later(fd, mapping, self.nbytes)
 
 
-# Segments from this size are closed (their pages freed) off the caller's thread.
+# Copies from this size are closed (their pages freed) off the caller's thread.
 _CLOSE_LATER_BYTES: Final = 16 << 20
-# The threads freeing segments; a new segment waits for them (see _new_segment).
+# The threads freeing copies; a new segment waits for them (see _new_segment).
 _FREEING: list[threading.Thread] = []
 _FREEING_LOCK = threading.Lock()
 
@@ -335,19 +340,19 @@ def _close_later(fd: int | None, mapping: mmap.mmap | None, nbytes: int) -> None
 
     if nbytes >= _CLOSE_LATER_BYTES:
         thread = threading.Thread(target=close, name="parlay-free-segment", daemon=True)
-        with _FREEING_LOCK:
-            try:
-                thread.start()
-            except RuntimeError:
-                pass  # the interpreter is shutting down: close here
-            else:
+        try:
+            thread.start()  # not under the lock: a collection here may release a copy too
+        except RuntimeError:
+            pass  # the interpreter is shutting down: close here
+        else:
+            with _FREEING_LOCK:
                 _FREEING.append(thread)
-                return
+            return
     close()
 
 
 def _wait_for_frees() -> None:
-    """Let the segments being freed go before another is made.
+    """Let the copies being freed go before another segment is made.
 
     A call's copy is freed after the call returns; the next call's copy, made while the
     last one's pages were still held, took /dev/shm to 1.38x the array's size in
@@ -356,9 +361,10 @@ def _wait_for_frees() -> None:
     """
     with _FREEING_LOCK:
         threads = list(_FREEING)
-        _FREEING.clear()
     for thread in threads:
         thread.join()
+    with _FREEING_LOCK:
+        _FREEING[:] = [thread for thread in _FREEING if thread.is_alive()]
 
 
 def _new_segment(nbytes: int, folder: str | None = None) -> tuple[str, int]:

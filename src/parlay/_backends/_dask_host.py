@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import sys
+import time
 from typing import Any
 
 
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         # keep every worker of the cluster's spec alive.
         loop = cluster.loop
         assert loop is not None
+        healer = _Healer(cluster)
         while not select.select([sys.stdin], [], [], HEAL_INTERVAL)[0]:
-            loop.add_callback(_heal, cluster)
+            loop.add_callback(healer.heal)
         sys.stdin.read()
     finally:
         cluster.close(timeout=10)
@@ -92,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 HEAL_INTERVAL = 1.0
 
 
-def _heal(cluster: Any) -> None:
-    """Start again the workers whose nanny is gone: the cluster keeps its size.
+# Longest wait between two attempts to start workers that keep failing to start.
+HEAL_MAX_BACKOFF = 60.0
+
+
+class _Healer:
+    """Starts again the workers whose nanny is gone: the cluster keeps its size.
 
     A nanny restarts its worker when the worker process dies (a task's ``os._exit``, the
     OOM killer, parlay restarting a worker that ran past a timeout), but LocalCluster
@@ -102,17 +108,35 @@ def _heal(cluster: Any) -> None:
     (15 s) after it was removed, so a worker that dies again at that moment, while it is
     starting, loses its nanny; and a nanny whose worker dies while starting closes
     itself. Workers killed every few seconds (the dead-worker checks of the test suite)
-    left the cluster with none, and every call queued forever. Runs on the event loop.
+    left the cluster with none, and every call queued forever. A nanny still closing is
+    left to finish (its worker may still hold the name at the scheduler), and a worker
+    that keeps failing to start is tried again after 1, 2, 4, ... 60 s, not every second.
     """
-    from distributed.core import Status
 
-    if cluster.status != Status.running:
-        return  # starting, or closing: its own code is at work
-    for name, nanny in list(cluster.workers.items()):
-        if nanny.status in (Status.closing, Status.closed, Status.failed):
-            del cluster.workers[name]
-    if set(cluster.worker_spec) - set(cluster.workers):
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.backoff = 0.0
+        self.next_try = 0.0
+
+    def heal(self) -> None:
+        """Runs on the cluster's event loop."""
+        from distributed.core import Status
+
+        cluster = self.cluster
+        if cluster.status != Status.running:
+            return  # starting, or closing: its own code is at work
+        for name, nanny in list(cluster.workers.items()):
+            if nanny.status in (Status.closed, Status.failed):
+                del cluster.workers[name]
+        if not set(cluster.worker_spec) - set(cluster.workers):
+            self.backoff = 0.0  # whole again
+            return
+        now = time.monotonic()
+        if now < self.next_try:
+            return
         cluster.scale(len(cluster.worker_spec))  # starts the missing ones
+        self.backoff = min(HEAL_MAX_BACKOFF, max(HEAL_INTERVAL, 2 * self.backoff))
+        self.next_try = now + self.backoff
 
 
 if __name__ == "__main__":
