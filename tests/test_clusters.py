@@ -129,6 +129,16 @@ def test_n_jobs_counts_the_clusters_threads(dask_cluster: str) -> None:
     assert decision.backend == "dask", "one worker still runs on the cluster"
 
 
+def test_dask_groups_the_tasks_by_function(dask_cluster: str) -> None:
+    # What the dashboard shows, and what Dask's duration estimates are kept by.
+    Parallel(n_jobs=2, backend="dask")(delayed(slice_sum)(np.ones(10), 0, k) for k in range(4))
+    with distributed.Client(dask_cluster, timeout=10) as client:
+        prefixes = client.run_on_scheduler(
+            lambda dask_scheduler: sorted(dask_scheduler.task_prefixes)
+        )
+    assert "parlay_slice_sum" in prefixes, prefixes
+
+
 def test_bad_backend_parameters() -> None:
     with pytest.raises(TypeError, match="address"):
         Parallel(n_jobs=2, backend=parlay._backends.backend_class("dask")(address=3))
