@@ -314,13 +314,14 @@ class CallCopy:
         with it: nothing can be left behind.
         """
         mapping, self._mapping = self._mapping, None
+        if self.nbytes < _CLOSE_LATER_BYTES:
+            _remove(self.path, mapping)
+            return
         fd = None
-        if self.nbytes >= _CLOSE_LATER_BYTES:
-            with contextlib.suppress(OSError):
-                fd = os.open(self.path, os.O_RDONLY)
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
         _remove(self.path, None)
-        if fd is not None or mapping is not None:
-            _close_later(fd, mapping, self.nbytes)
+        _close_later(fd, mapping)
 
 
 # Copies from this size are closed (their pages freed) off the caller's thread.
@@ -330,7 +331,9 @@ _FREEING: list[threading.Thread] = []
 _FREEING_LOCK = threading.Lock()
 
 
-def _close_later(fd: int | None, mapping: mmap.mmap | None, nbytes: int) -> None:
+def _close_later(fd: int | None, mapping: mmap.mmap | None) -> None:
+    """Close `fd` and `mapping` in a thread of their own, freeing the pages they hold."""
+
     def close() -> None:
         if mapping is not None:
             with contextlib.suppress(BufferError, ValueError):
@@ -338,17 +341,14 @@ def _close_later(fd: int | None, mapping: mmap.mmap | None, nbytes: int) -> None
         if fd is not None:
             os.close(fd)
 
-    if nbytes >= _CLOSE_LATER_BYTES:
-        thread = threading.Thread(target=close, name="parlay-free-segment", daemon=True)
-        try:
-            thread.start()  # not under the lock: a collection here may release a copy too
-        except RuntimeError:
-            pass  # the interpreter is shutting down: close here
-        else:
-            with _FREEING_LOCK:
-                _FREEING.append(thread)
-            return
-    close()
+    thread = threading.Thread(target=close, name="parlay-free-segment", daemon=True)
+    try:
+        thread.start()  # not under the lock: a collection here may release a copy too
+    except RuntimeError:
+        close()  # the interpreter is shutting down
+        return
+    with _FREEING_LOCK:
+        _FREEING.append(thread)
 
 
 def _wait_for_frees() -> None:
