@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 import parlay
+from conftest import _wait_until
 from parlay import Parallel, delayed, parallel_config
 from parlay._sharing import CallShares
 from parlay._worker import WorkerContext, batch_of
@@ -349,7 +350,7 @@ def test_the_calls_copy_is_gone_at_once_and_its_memory_soon_after() -> None:
     )
     assert out == [1000.0] * 4
     assert shm_segments() == set()
-    assert _wait_for(lambda: not held_copies(), 10), held_copies()
+    assert _wait_until(lambda: not held_copies(), 10), held_copies()
 
 
 def test_back_to_back_calls_hold_one_copy_at_a_time() -> None:
@@ -374,15 +375,6 @@ def test_back_to_back_calls_hold_one_copy_at_a_time() -> None:
         done.set()
         sampler.join()
     assert peak[0] == 1, f"{peak[0]} copies held at once"
-
-
-def _wait_for(condition: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_shared_segments_are_released_when_a_task_fails() -> None:
