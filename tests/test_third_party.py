@@ -70,7 +70,7 @@ def registered() -> Iterator[None]:
 
 # The checks this minimal backend is not built for: it cannot kill, and the standard
 # library's pool breaks for good when a worker dies.
-SKIP = {"timeout", "timeout_kills", "dead_worker"}
+SKIP = {"timeout", "timeout_kills", "dead_worker", "dead_worker_stops_the_call"}
 
 
 @pytest.mark.parametrize("check", sorted(set(testing.CHECKS) - SKIP))

@@ -373,7 +373,8 @@ class Call:
             f"a worker of {self._session.describe()} died{codes} while running one of "
             f"{len(tasks)} tasks in flight, {tasks[0]}..{tasks[-1]}. A task may have crashed "
             "the interpreter, called os._exit(), been killed by a signal or run out of "
-            "memory. The pool has been replaced: the next call works.",
+            "memory. The call's other running tasks were stopped and the pool is being "
+            "replaced: the next call works.",
             tasks=tuple(tasks),
             exit_codes=error.exit_codes,
         )
@@ -410,7 +411,9 @@ class Call:
                     )
                 self._fill()
                 yield record.batch, result
-        except (TaskTimeoutError, KeyboardInterrupt) as exc:
+        except (TaskTimeoutError, WorkerDiedError, KeyboardInterrupt) as exc:
+            # A worker death stops the call's other running tasks too: left running, one
+            # that also crashes its worker could do so on the pool the next call uses.
             kill, error = True, exc
             raise
         except BaseException as exc:

@@ -84,6 +84,19 @@ def sleep_at(x: int, bad: int, seconds: float, pid_file: str | None = None) -> i
     return x
 
 
+def exit_after(seconds: float) -> None:
+    """End the worker process with exit code 3 after `seconds`."""
+    time.sleep(seconds)
+    os._exit(3)
+
+
+def mark_after(folder: str, seconds: float) -> None:
+    """Create ``started`` in `folder`, sleep `seconds`, then create ``finished``."""
+    open(os.path.join(folder, "started"), "w").close()
+    time.sleep(seconds)
+    open(os.path.join(folder, "finished"), "w").close()
+
+
 def nested_sum(x: int, n_jobs: int) -> tuple[int, str, int]:
     """Run a nested parallel call inside a task; return its sum, backend and level."""
     inner = Parallel(n_jobs=n_jobs)
@@ -297,6 +310,49 @@ def check_dead_worker(backend: str | Backend, n_jobs: int = 2) -> None:
         assert out == [i * i for i in range(10)]
 
 
+def check_dead_worker_stops_the_call(backend: str | Backend, n_jobs: int = 2) -> None:
+    """A call that fails because a worker died leaves none of its tasks running.
+
+    The consumer of a generator holds the call back so that a batch is sent after the
+    death but before the call sees it (on a process pool, to the pool that replaced the
+    broken one), and starts; that batch must not finish once the call has failed.
+    """
+    if not _capabilities(backend).separate_processes:
+        return
+    import tempfile
+
+    seconds = 2.0
+    with tempfile.TemporaryDirectory(prefix="parlay-test-") as folder:
+        tasks = [delayed(square)(0), delayed(exit_after)(0.3), delayed(mark_after)(folder, seconds)]
+        results = Parallel(
+            n_jobs=n_jobs, backend=backend, batch_size=1, pre_dispatch=2, return_as="generator"
+        )(tasks)
+        # Task 1 kills its worker while the consumer waits.
+        time.sleep(1.5)
+        assert next(results) == 0  # sends task 2
+        started = os.path.join(folder, "started")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(started):
+            if time.monotonic() > deadline:
+                raise AssertionError("the task sent after the worker died never started")
+            time.sleep(0.02)
+        try:
+            next(results)
+        except WorkerDiedError as exc:
+            assert 1 in exc.tasks, exc.tasks
+        else:
+            raise AssertionError("WorkerDiedError was not raised")
+        time.sleep(seconds + 1.0)
+        if os.path.exists(os.path.join(folder, "finished")):
+            raise AssertionError("a task of the failed call went on running after it failed")
+    assert Parallel(n_jobs=n_jobs, backend=backend)(delayed(square)(i) for i in range(4)) == [
+        0,
+        1,
+        4,
+        9,
+    ]
+
+
 def check_serialization_errors(backend: str | Backend, n_jobs: int = 2) -> None:
     """Each (un)pickling stage fails with SerializationError naming the task, never a hang."""
     if not _capabilities(backend).separate_processes:
@@ -337,6 +393,7 @@ CHECKS: dict[str, Check] = {
         check_timeout,
         check_timeout_kills,
         check_dead_worker,
+        check_dead_worker_stops_the_call,
         check_serialization_errors,
     )
 }

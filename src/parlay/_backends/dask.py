@@ -173,6 +173,15 @@ def _close_all() -> None:
 on_shutdown(_close_all)
 
 
+def _kill_worker_process(dask_worker: Any) -> bool:
+    """Run on a nanny: SIGKILL its worker process (the nanny then starts a new one)."""
+    pid = getattr(dask_worker, "pid", None)
+    if not pid:
+        return False
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
 def _all_workers_local(client: Any) -> bool:
     """Whether every worker of the cluster runs on this machine (loopback addresses)."""
     from urllib.parse import urlparse
@@ -276,8 +285,19 @@ class DaskSession(Session):
                 self._client.cancel(sources, force=True)
 
     def _restart(self, workers: list[str]) -> None:
+        # Kill at once through each worker's nanny, which starts a new worker: a restart
+        # asks the worker to close first and waits up to 4 s for its running tasks,
+        # which would go on (and could finish, or crash a worker) after the call ended.
+        killed: dict[str, Any] = {}
         with contextlib.suppress(Exception):
-            self._client.restart_workers(workers, timeout=30, raise_for_error=False)
+            killed = self._client.run(
+                _kill_worker_process, workers=workers, nanny=True, on_error="return"
+            )
+        rest = [w for w in workers if killed.get(w) is not True]
+        if rest:
+            # No nanny (or it could not be reached): the scheduler's restart does what it can.
+            with contextlib.suppress(Exception):
+                self._client.restart_workers(rest, timeout=30, raise_for_error=False)
 
     @contextlib.contextmanager
     def _seceded(self) -> Iterator[None]:

@@ -69,6 +69,15 @@ def _count_private_memory() -> None:
 
 
 @final
+class _PoolFuture(BridgedFuture):
+    """A batch's future, which knows the executor (pool) that runs it."""
+
+    def __init__(self, source: Future[Any], executor: Any) -> None:
+        super().__init__(source, source.cancel)
+        self.executor = executor
+
+
+@final
 class ProcessesSession(Session):
     """A loky executor, replaced by a fresh one after a worker dies or is killed."""
 
@@ -113,7 +122,7 @@ class ProcessesSession(Session):
                 self._discard(executor, kill=True)
                 if attempt == 2:
                     raise
-        target = BridgedFuture(source, source.cancel)
+        target = _PoolFuture(source, executor)
         target.follow(
             source,
             lambda data: unpack(data, batch),
@@ -143,9 +152,14 @@ class ProcessesSession(Session):
 
     def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
         running = [future for future in futures if not future.cancel() and not future.done()]
-        if kill and running:
+        if not kill:
+            return
+        # Kill the pools that run these batches: usually the current one, but a call whose
+        # pool broke mid-call has its later batches on the pool that replaced it.
+        pools = {id(f.executor): f.executor for f in running if isinstance(f, _PoolFuture)}
+        for executor in pools.values():
             logger.debug("killing the workers of %s", self.describe())
-            self._discard(self._executor, kill=True)
+            self._discard(executor, kill=True)
 
     def close(self) -> None:
         with self._lock:
