@@ -84,9 +84,12 @@ def sleep_at(x: int, bad: int, seconds: float, pid_file: str | None = None) -> i
     return x
 
 
-def exit_after(seconds: float) -> None:
-    """End the worker process with exit code 3 after `seconds`."""
+def exit_after(seconds: float, folder: str | None = None) -> None:
+    """End the worker process with exit code 3 after `seconds`; first create ``dying``
+    in `folder`, if given."""
     time.sleep(seconds)
+    if folder is not None:
+        open(os.path.join(folder, "dying"), "w").close()
     os._exit(3)
 
 
@@ -310,6 +313,14 @@ def check_dead_worker(backend: str | Backend, n_jobs: int = 2) -> None:
         assert out == [i * i for i in range(10)]
 
 
+def _wait_for(path: str, failure: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise AssertionError(failure)
+        time.sleep(0.02)
+
+
 def check_dead_worker_stops_the_call(backend: str | Backend, n_jobs: int = 2) -> None:
     """A call that fails because a worker died leaves none of its tasks running.
 
@@ -323,19 +334,20 @@ def check_dead_worker_stops_the_call(backend: str | Backend, n_jobs: int = 2) ->
 
     seconds = 2.0
     with tempfile.TemporaryDirectory(prefix="parlay-test-") as folder:
-        tasks = [delayed(square)(0), delayed(exit_after)(0.3), delayed(mark_after)(folder, seconds)]
+        tasks = [
+            delayed(square)(0),
+            delayed(exit_after)(0.3, folder),
+            delayed(mark_after)(folder, seconds),
+        ]
         results = Parallel(
             n_jobs=n_jobs, backend=backend, batch_size=1, pre_dispatch=2, return_as="generator"
         )(tasks)
-        # Task 1 kills its worker while the consumer waits.
-        time.sleep(1.5)
-        assert next(results) == 0  # sends task 2
-        started = os.path.join(folder, "started")
-        deadline = time.monotonic() + 30
-        while not os.path.exists(started):
-            if time.monotonic() > deadline:
-                raise AssertionError("the task sent after the worker died never started")
-            time.sleep(0.02)
+        # Task 1 kills its worker while the consumer waits; the engine notices it at once
+        # (a second is ample even on a loaded machine).
+        _wait_for(os.path.join(folder, "dying"), "task 1 never ran")
+        time.sleep(1.0)
+        assert next(results) == 0  # sends task 2, to a live worker
+        _wait_for(os.path.join(folder, "started"), "task 2, sent after the death, never started")
         try:
             next(results)
         except WorkerDiedError as exc:
