@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -173,6 +174,10 @@ def _close_all() -> None:
 on_shutdown(_close_all)
 
 
+# How long a kill waits for the scheduler to drop the killed workers.
+_KILL_NOTICE_SECONDS = 5.0
+
+
 def _kill_worker_process(dask_worker: Any) -> bool:
     """Run on a nanny: SIGKILL its worker process (the nanny then starts a new one)."""
     pid = getattr(dask_worker, "pid", None)
@@ -267,37 +272,54 @@ class DaskSession(Session):
 
     def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
         sources: list[Any] = [f.source for f in futures if isinstance(f, BridgedFuture)]
+        busy: list[str] = []
         if kill and sources:
-            # A running Dask task cannot be cancelled: restart the workers running ours.
+            # A running Dask task cannot be cancelled: kill the workers running ours.
             keys = {s.key for s in sources}
-            busy = [w for w, ks in self._client.processing().items() if keys & set(ks)]
-            if busy:
-                # In the background: the caller leaves at once; the workers come back on
-                # their own (the nanny starts them again) while the next call queues.
-                logger.debug("restarting Dask workers %s", busy)
-                threading.Thread(
-                    target=self._restart, args=(busy,), name="parlay-dask-restart", daemon=True
-                ).start()
+            with contextlib.suppress(Exception):
+                busy = [w for w, ks in self._client.processing().items() if keys & set(ks)]
         for future in futures:
             future.cancel()
         if sources:
             with contextlib.suppress(Exception):
                 self._client.cancel(sources, force=True)
+        if busy:
+            logger.debug("killing Dask workers %s", busy)
+            self._kill(busy)
 
-    def _restart(self, workers: list[str]) -> None:
-        # Kill at once through each worker's nanny, which starts a new worker: a restart
-        # asks the worker to close first and waits up to 4 s for its running tasks,
-        # which would go on (and could finish, or crash a worker) after the call ended.
+    def _kill(self, workers: list[str]) -> None:
+        """Kill `workers` at once, each through its nanny, which starts a new worker.
+
+        ``restart_workers`` asks a worker to close first and waits up to 4 s for its
+        running tasks, which would go on (and could finish, or crash the worker) after
+        the call ended. The caller waits until the scheduler has dropped the killed
+        workers (milliseconds): a task of the next call sent to one of them would fail
+        with it (``allowed-failures`` is 0 on the embedded cluster).
+        """
         killed: dict[str, Any] = {}
         with contextlib.suppress(Exception):
             killed = self._client.run(
                 _kill_worker_process, workers=workers, nanny=True, on_error="return"
             )
-        rest = [w for w in workers if killed.get(w) is not True]
+        gone = [w for w in workers if killed.get(w) is True]
+        rest = [w for w in workers if w not in gone]
         if rest:
-            # No nanny (or it could not be reached): the scheduler's restart does what it can.
+            # No nanny (or it could not be reached): the scheduler's restart, in the
+            # background (it takes seconds).
+            threading.Thread(
+                target=self._restart, args=(rest,), name="parlay-dask-restart", daemon=True
+            ).start()
+        deadline = time.monotonic() + _KILL_NOTICE_SECONDS
+        while gone and time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                self._client.restart_workers(rest, timeout=30, raise_for_error=False)
+                known = self._client.nthreads()
+                gone = [w for w in gone if w in known]
+            if gone:
+                time.sleep(0.01)
+
+    def _restart(self, workers: list[str]) -> None:
+        with contextlib.suppress(Exception):
+            self._client.restart_workers(workers, timeout=30, raise_for_error=False)
 
     @contextlib.contextmanager
     def _seceded(self) -> Iterator[None]:
