@@ -403,12 +403,10 @@ def test_shared_segments_are_released_when_a_worker_is_killed(
     array = np.ones(500_000)
     shared = parlay.share(np.ones(500_000))
     with pytest.raises(WorkerDiedError):
-        # One task kills its worker (task 3). With two killers, the second could still be
-        # running when the call fails and kill the worker the next call then uses.
+        # Two tasks kill their workers (i == 3, with each array): the second must not
+        # outlive the failed call and kill a worker the next call uses.
         Parallel(n_jobs=2, backend=engine, batch_size=1)(
-            delayed(kill_with_array)(a, 2 * i + k)
-            for i in range(8)
-            for k, a in enumerate((array, shared))
+            delayed(kill_with_array)(a, i) for i in range(8) for a in (array, shared)
         )
     # The call's copy is gone at once; the user's shared array lives on, usable.
     assert shm_segments() == {os.path.basename(shared._segment.path)}  # type: ignore[attr-defined]
