@@ -33,8 +33,13 @@ def test_auto_leaves_work_for_every_worker() -> None:
     # 500 tasks of 0.1 ms fit the target, but only a quarter of what is left goes...
     assert sizer.next_size(1000) == 250
     # ... down to a quarter of the target's duration: a smaller batch saves less tail
-    # than sending it costs.
-    assert sizer.next_size(100) == 125
+    # than sending it costs...
+    assert sizer.next_size(400) == 125
+    # ... unless that is more than an even split of what is left: all of it would go to
+    # one worker while the other waits. The rest is split once, not again and again.
+    assert sizer.next_size(100) == 50
+    assert sizer.next_size(50) == 50
+    assert sizer.next_size(3) >= 3  # the runner sends what is left
     slow = BatchSizer(None, target=0.05, n_workers=2, timeout=None)
     slow.observe(1, 0.01)  # 10 ms tasks: the tail shrinks to one task a batch
     assert slow.next_size(100) == 5
