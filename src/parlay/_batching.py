@@ -7,9 +7,10 @@ microseconds on threads to hundreds on a cluster), so tiny tasks are grouped. Wi
 joblib's does from round trips. Two limits keep the load balanced: while the number of
 tasks left is known (the runner reads a few batches ahead of an iterable without a length
 to know it near the end), a batch takes at most a ``1 / (2 * n_workers)`` share of them,
-so batches shrink towards the end (down to a quarter of the target duration, or an even
-split of what is left if that is less) and no worker is left alone with a long tail; and with
-a timeout a batch aims at a quarter of it, because the timeout is enforced per batch.
+so batches shrink towards the end (down to a quarter of the target duration; where that
+would leave the whole rest to one worker, the rest is split evenly across the workers) and no
+worker is left alone with a long tail; and with a timeout a batch aims at a quarter of it,
+because the timeout is enforced per batch.
 """
 
 from __future__ import annotations
