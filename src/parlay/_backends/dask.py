@@ -21,9 +21,11 @@ deadlock even on one worker with one thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import queue
 import select
 import signal
 import subprocess
@@ -31,7 +33,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, final
 
@@ -174,6 +176,90 @@ def _close_all() -> None:
 on_shutdown(_close_all)
 
 
+# A finished Dask future, and what to call with a function that gives its result.
+_Fetch = tuple[Any, Callable[[Callable[[], Any]], None]]
+
+
+class _Fetcher:
+    """Fetches the results of finished batches in a thread of parlay's, many per round trip.
+
+    distributed runs the done-callbacks of every future of the process in one thread.
+    Fetching a result there (``Future.result()``, a round trip through the scheduler)
+    held back every other callback, the user's own included, one round trip at a time,
+    and a fetch waiting for a lost result to be computed again held them all.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Fetch | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def fetch(self, source: Any, settle: Callable[[Callable[[], Any]], None]) -> None:
+        """Call ``settle(get)`` in the fetcher's thread; ``get()`` gives `source`'s result."""
+        self._queue.put((source, settle))
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="parlay-dask-fetch", daemon=True
+                    )
+                    self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (parlay.shutdown); a later fetch starts another."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=10)
+
+    def _after_fork(self) -> None:
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    items.append(self._queue.get_nowait())
+            by_client: dict[int, list[_Fetch]] = {}
+            for item in items:
+                if item is not None:
+                    by_client.setdefault(id(item[0].client), []).append(item)
+            for group in by_client.values():
+                self._deliver(group)
+            if None in items:
+                return
+
+    @staticmethod
+    def _deliver(group: list[_Fetch]) -> None:
+        values: dict[str, Any] = {}
+        ready = {source.key: source for source, _ in group if source.status == "finished"}
+        if len(ready) > 1:
+            # One round trip for all. A result that failed meanwhile comes back as None
+            # (a batch's result is bytes, never None) and is fetched alone, below, which
+            # raises its error.
+            with contextlib.suppress(Exception):
+                values = group[0][0].client.gather(ready, errors="skip")
+        for source, settle in group:
+            value = values.get(source.key)
+            try:
+                settle(source.result if value is None else functools.partial(_same, value))
+            except Exception:
+                logger.exception("settling the future of Dask task %s failed", source.key)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+_FETCHER = _Fetcher()
+os.register_at_fork(after_in_child=_FETCHER._after_fork)
+on_shutdown(_FETCHER.stop)
+
+
 # How long a kill waits for the scheduler to drop the killed workers.
 _KILL_NOTICE_SECONDS = 5.0
 
@@ -231,16 +317,16 @@ class DaskSession(Session):
         target = BridgedFuture(source, source.cancel)
         batch = batch.skeleton()
 
+        def _settle(get: Callable[[], Any]) -> None:
+            # A finished task's result can still be lost: its worker may die before the
+            # client gathers it, and the gather then raises KilledWorker too.
+            target.settle(lambda: unpack(get(), batch), lambda error: self._map_error(error, batch))
+
         def _done(done: Any) -> None:
             if done.cancelled():
                 target.source_cancelled()
             else:
-                # A finished task's result can still be lost: its worker may die before
-                # the client gathers it, and the gather then raises KilledWorker too.
-                target.settle(
-                    lambda: unpack(done.result(), batch),
-                    lambda error: self._map_error(error, batch),
-                )
+                _FETCHER.fetch(done, _settle)
 
         source.add_done_callback(_done)
         return target
