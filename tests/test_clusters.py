@@ -130,6 +130,18 @@ def test_n_jobs_counts_the_clusters_threads(dask_cluster: str) -> None:
     assert decision.backend == "dask", "one worker still runs on the cluster"
 
 
+def test_dask_results_are_fetched_in_parlays_thread(dask_cluster: str) -> None:
+    # distributed runs every future's callbacks in one thread of the process: fetching
+    # results there held back the user's own callbacks, one round trip at a time.
+    from parlay.testing import UNPICKLED_IN, return_thread_noting
+
+    UNPICKLED_IN.clear()
+    with parallel_config(backend="dask", address=dask_cluster):
+        out = Parallel(n_jobs=2, batch_size=1)(delayed(return_thread_noting)(i) for i in range(6))
+    assert out == [i for i in range(6)]
+    assert UNPICKLED_IN == ["parlay-dask-fetch"] * 6, UNPICKLED_IN
+
+
 def test_dask_groups_the_tasks_by_function(dask_cluster: str) -> None:
     # What the dashboard shows, and what Dask's duration estimates are kept by.
     Parallel(n_jobs=2, backend="dask")(delayed(slice_sum)(np.ones(10), 0, k) for k in range(4))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -129,6 +130,30 @@ class FailsToUnpickle:
 
     def __reduce__(self) -> Any:
         return (_fail_to_load, ())
+
+
+#: Names of the threads that unpickled a :class:`NotesItsThread`, in order.
+UNPICKLED_IN: list[str] = []
+
+
+def _note_thread(x: int) -> int:
+    UNPICKLED_IN.append(threading.current_thread().name)
+    return x
+
+
+class NotesItsThread:
+    """Unpickles as its number, recording the unpickling thread in :data:`UNPICKLED_IN`."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (_note_thread, (self.x,))
+
+
+def return_thread_noting(x: int) -> NotesItsThread:
+    """Return a :class:`NotesItsThread` of `x` (to see which caller thread unpickles results)."""
+    return NotesItsThread(x)
 
 
 def return_unpicklable(x: int) -> Unpicklable:
