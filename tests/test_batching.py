@@ -33,13 +33,23 @@ def test_auto_leaves_work_for_every_worker() -> None:
     # 500 tasks of 0.1 ms fit the target, but only a quarter of what is left goes...
     assert sizer.next_size(1000) == 250
     # ... down to a quarter of the target's duration: a smaller batch saves less tail
-    # than sending it costs...
+    # than sending it costs.
     assert sizer.next_size(400) == 125
-    # ... unless that is more than an even split of what is left: all of it would go to
-    # one worker while the other waits. The rest is split once, not again and again.
-    assert sizer.next_size(100) == 50
-    assert sizer.next_size(50) == 50
+    assert sizer.next_size(100) == 125  # all of it: a tail of 12.5 ms at most
+
+
+def test_a_long_floor_splits_the_rest_evenly_once() -> None:
+    # A floor of 62 ms (Dask's 0.25 s target) would put all of what is left on one worker
+    # while the other waits: the rest is split evenly, once, not again and again.
+    sizer = BatchSizer(None, target=0.25, n_workers=2, timeout=None)
+    sizer.observe(1, 0.0025)
+    assert sizer.next_size(28) == 14
+    assert sizer.next_size(14) == 14
     assert sizer.next_size(3) >= 3  # the runner sends what is left
+    # Halves of a rest too small to pay for a batch each are not worth a second batch.
+    tiny = BatchSizer(None, target=0.25, n_workers=2, timeout=None)
+    tiny.observe(1, 1e-6)
+    assert tiny.next_size(2000) >= 2000
     slow = BatchSizer(None, target=0.05, n_workers=2, timeout=None)
     slow.observe(1, 0.01)  # 10 ms tasks: the tail shrinks to one task a batch
     assert slow.next_size(100) == 5

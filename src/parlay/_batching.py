@@ -8,9 +8,9 @@ joblib's does from round trips. Two limits keep the load balanced: while the num
 tasks left is known (the runner reads a few batches ahead of an iterable without a length
 to know it near the end), a batch takes at most a ``1 / (2 * n_workers)`` share of them,
 so batches shrink towards the end (down to a quarter of the target duration; where that
-would leave the whole rest to one worker, the rest is split evenly across the workers) and no
-worker is left alone with a long tail; and with a timeout a batch aims at a quarter of it,
-because the timeout is enforced per batch.
+floor is long and would leave the whole rest to one worker, the rest is split evenly across
+the workers) and no worker is left alone with a long tail; and with a timeout a batch aims
+at a quarter of it, because the timeout is enforced per batch.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ __all__ = ["BatchSizer"]
 _SMOOTHING: Final = 0.5
 # Batches near the end shrink down to 1 / _TAIL_FRACTION of the target duration, no further.
 _TAIL_FRACTION: Final = 4
+# The rest of a call is split evenly across the workers only where that floor is this long.
+_SPLIT_MIN_FLOOR_SECONDS: Final = 0.02
 
 
 class BatchSizer:
@@ -38,7 +40,8 @@ class BatchSizer:
         self._n_workers = max(1, n_workers)
         self._target = target if timeout is None else min(target, timeout / 4)
         self._per_task: float | None = None
-        # The even split of the call's rest, once the floor would exceed it (next_size).
+        # The even split of the call's rest, once the floor would exceed it; 0 for no
+        # split (next_size).
         self._split: int | None = None
 
     @property
@@ -73,9 +76,16 @@ class BatchSizer:
                 # worker while the others wait (W4 on Dask: 28 of 32 tasks in one batch,
                 # 73 ms on one worker, the other idle), the rest is split evenly, once:
                 # splitting it again as it shrinks would send a chain of ever smaller
-                # batches (W1: 1.3-1.8x slower).
-                self._split = math.ceil(remaining / self._n_workers)
-            if self._split is not None:
+                # batches (W1: 1.3-1.8x slower). Only where the floor is long (Dask, Ray):
+                # the split cannot see the batches still running, so a part can queue
+                # behind one, and below 20 ms of floor it lost as much as it saved (W4s
+                # on processes 1.08x). Nor when each part would be under a quarter of the
+                # floor: too little work to pay for one more batch (W1's 20,000 tasks of
+                # 0.5 us on Ray, split in two, were 7-11% slower).
+                part = math.ceil(remaining / self._n_workers)
+                worth = self._target / _TAIL_FRACTION >= _SPLIT_MIN_FLOOR_SECONDS
+                self._split = part if worth and _TAIL_FRACTION * part >= floor else 0
+            if self._split:
                 floor = min(floor, self._split)
             size = min(size, max(1, share, floor))
         return size
