@@ -142,6 +142,18 @@ def test_dask_results_are_fetched_in_parlays_thread(dask_cluster: str) -> None:
     assert UNPICKLED_IN == ["parlay-dask-fetch"] * 6, UNPICKLED_IN
 
 
+def ray_task_name(i: int) -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_task_name())
+
+
+def test_ray_names_the_tasks_after_their_function(ray_runtime: None) -> None:
+    # What Ray's dashboard and state API show: every task was "run_packed" before.
+    out = Parallel(n_jobs=2, backend="ray")(delayed(ray_task_name)(i) for i in range(4))
+    assert out == ["parlay_ray_task_name"] * 4
+
+
 def test_dask_groups_the_tasks_by_function(dask_cluster: str) -> None:
     # What the dashboard shows, and what Dask's duration estimates are kept by.
     Parallel(n_jobs=2, backend="dask")(delayed(slice_sum)(np.ones(10), 0, k) for k in range(4))
