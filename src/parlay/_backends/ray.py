@@ -159,8 +159,9 @@ def _remote_run() -> Any:
 @functools.lru_cache(maxsize=256)
 def _named_run(function_name: str) -> Any:
     """The remote function under the name of the batch's function, for Ray's dashboard and
-    timeline (which named every parlay task ``run_packed``). Made once per name: made for
-    each batch, ``.options(name=...)`` cost 45 us a submit; kept, nothing (170 us either way)."""
+    state API, which showed every parlay task as ``run_packed`` (``ray.timeline()`` names
+    tasks by their Python function still). Made once per name: made for each batch,
+    ``.options(name=...)`` cost 45 us a submit; kept, nothing (170 us either way)."""
     return _remote_run().options(name=f"parlay_{function_name}")
 
 
