@@ -31,7 +31,7 @@ _SPLIT_MIN_FLOOR_SECONDS: Final = 0.02
 class BatchSizer:
     """Batch sizes for one call: fixed, or adapted to measured task durations."""
 
-    __slots__ = ("_fixed", "_n_workers", "_per_task", "_split", "_target")
+    __slots__ = ("_fixed", "_n_workers", "_per_task", "_seeded", "_split", "_target")
 
     def __init__(
         self, batch_size: int | None, *, target: float, n_workers: int, timeout: float | None
@@ -40,6 +40,7 @@ class BatchSizer:
         self._n_workers = max(1, n_workers)
         self._target = target if timeout is None else min(target, timeout / 4)
         self._per_task: float | None = None
+        self._seeded = False  # _per_task comes from an earlier call, not yet from this one
         # The even split of the call's rest, once the floor would exceed it; 0 for no
         # split (next_size).
         self._split: int | None = None
@@ -90,12 +91,24 @@ class BatchSizer:
             size = min(size, max(1, share, floor))
         return size
 
+    @property
+    def measured_here(self) -> bool:
+        """Whether this call's own tasks gave the estimate (not an earlier call's)."""
+        return self._per_task is not None and not self._seeded
+
+    def seed(self, per_task: float) -> None:
+        """Start from a task duration an earlier call measured, until one is measured here."""
+        if self._fixed is None and self._per_task is None:
+            self._per_task = per_task
+            self._seeded = True
+
     def observe(self, n_tasks: int, elapsed: float) -> None:
         """Record that a batch of `n_tasks` took `elapsed` seconds of work in a worker."""
         if self._fixed is not None or n_tasks <= 0:
             return
         per_task = max(elapsed / n_tasks, 1e-8)
-        if self._per_task is None:
+        if self._per_task is None or self._seeded:
             self._per_task = per_task
+            self._seeded = False
         else:
             self._per_task += _SMOOTHING * (per_task - self._per_task)

@@ -186,7 +186,9 @@ def acquire_session(backend: Backend, decision: Decision, *, cached: bool) -> Se
 def shutdown() -> None:
     """Close every pool parlay keeps open (worker processes, threads).
 
-    Calls made afterwards open new pools. Runs at interpreter exit too.
+    Calls made afterwards open new pools, and measure their tasks' durations afresh
+    (calls of a function already run size their first batches from its last call).
+    Runs at interpreter exit too.
 
     Examples
     --------
