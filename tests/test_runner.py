@@ -71,3 +71,36 @@ def test_pre_dispatch_bounds_what_is_taken_from_the_iterable() -> None:
     time.sleep(0.2)
     assert len(taken) == 3
     assert list(gen) == list(range(1, 50))
+
+
+@pytest.mark.timeout(120)
+def test_a_call_whose_worker_died_does_not_touch_the_pool_that_replaced_it(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    # Call A's worker dies; call B starts on the pool that replaced A's ("the next call
+    # works"); A, still sending batches, must neither move them to B's pool nor, failing,
+    # kill B's tasks there.
+    import os
+
+    from parlay import WorkerDiedError
+    from parlay.testing import exit_after, mark_after, square
+
+    folder = str(tmp_path)
+    a = Parallel(
+        n_jobs=2, backend="processes", batch_size=1, pre_dispatch=2, return_as="generator"
+    )([delayed(square)(0), delayed(exit_after)(0.3, folder), delayed(mark_after)(folder, 1.0)])
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(folder, "dying")):
+        assert time.monotonic() < deadline, "task 1 never ran"
+        time.sleep(0.02)
+    time.sleep(1.0)
+    b = Parallel(n_jobs=2, backend="processes", return_as="generator")([delayed(time.sleep)(2)])
+    assert next(a) == 0  # A sends task 2 now: B's pool has a free worker for it
+    started = os.path.join(folder, "started")
+    deadline = time.monotonic() + 3
+    while not os.path.exists(started) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(WorkerDiedError):
+        next(a)
+    assert list(b) == [None]
+    assert not os.path.exists(started), "A's task 2 ran on B's pool"

@@ -89,6 +89,10 @@ class BatchSizer:
             if self._split:
                 floor = min(floor, self._split)
             size = min(size, max(1, share, floor))
+            if self._seeded:
+                # An earlier call's estimate may be far off (heavier arguments): until
+                # one comes back, no batch takes more than an even share of the rest.
+                size = min(size, math.ceil(remaining / self._n_workers))
         return size
 
     @property

@@ -93,6 +93,12 @@ on_shutdown(_forget_estimates)
 
 
 def _function_key(func: Callable[..., Any]) -> str:
+    """Where the function's code is: each lambda its own, a partial its function's."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return f"{code.co_filename}:{code.co_firstlineno}:{code.co_qualname}"
     name = getattr(func, "__qualname__", None) or type(func).__qualname__
     return f"{getattr(func, '__module__', None) or type(func).__module__}.{name}"
 

@@ -219,19 +219,24 @@ class _Fetcher:
         self._thread = None
 
     def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    items.append(self._queue.get_nowait())
-            by_client: dict[int, list[_Fetch]] = {}
-            for item in items:
-                if item is not None:
-                    by_client.setdefault(id(item[0].client), []).append(item)
-            for group in by_client.values():
-                self._deliver(group)
-            if None in items:
-                return
+        while self._round():
+            pass
+
+    def _round(self) -> bool:
+        """Settle what is queued (waiting for one); False once told to stop. A function
+        of its own, so that nothing of a round (futures, results) outlives it while the
+        thread waits for the next."""
+        items = [self._queue.get()]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self._queue.get_nowait())
+        by_client: dict[int, list[_Fetch]] = {}
+        for item in items:
+            if item is not None:
+                by_client.setdefault(id(item[0].client), []).append(item)
+        for group in by_client.values():
+            self._deliver(group)
+        return None not in items
 
     @staticmethod
     def _deliver(group: list[_Fetch]) -> None:
@@ -382,12 +387,16 @@ class DaskSession(Session):
         workers (milliseconds): a task of the next call sent to one of them would fail
         with it (``allowed-failures`` is 0 on the embedded cluster).
         """
-        killed: dict[str, Any] = {}
-        with contextlib.suppress(Exception):
-            killed = self._client.run(
-                _kill_worker_process, workers=workers, nanny=True, on_error="return"
-            )
-        gone = [w for w in workers if killed.get(w) is True]
+        gone = []
+        for worker in workers:
+            # One worker at a time: distributed pairs a broadcast's results with the
+            # workers it was given, after dropping those without a nanny.
+            with contextlib.suppress(Exception):
+                killed = self._client.run(
+                    _kill_worker_process, workers=[worker], nanny=True, on_error="return"
+                )
+                if killed.get(worker) is True:
+                    gone.append(worker)
         rest = [w for w in workers if w not in gone]
         if rest:
             # No nanny (or it could not be reached): the scheduler's restart, in the

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, final
@@ -86,6 +87,10 @@ class ProcessesSession(Session):
         self._budget = budget
         self._lock = threading.Lock()
         self._executor: Any = None
+        # The pool each running call's first batch went to, by the call's cancel event.
+        self._homes: weakref.WeakKeyDictionary[threading.Event, weakref.ref[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _live_executor(self) -> Any:
         with self._lock:
@@ -112,16 +117,34 @@ class ProcessesSession(Session):
 
         # Large arrays go through shared memory, once per call (see _sharing).
         payload, shared = batch.pack_sharing(share_locally, local=True)
+        call = batch.cancel  # one per call
+        with self._lock:
+            home_ref = None if call is None else self._homes.get(call)
+        home = None if home_ref is None else home_ref()
         for attempt in (1, 2):
             executor = self._live_executor()
+            if home_ref is not None and executor is not home:
+                # This call's pool broke (a worker died) and another replaced it: the
+                # call is failing, and its later batches do not move to the new pool,
+                # where one that crashed too would take down other calls' tasks (and
+                # killing the call's work there would too). They fail with the old pool.
+                failed: Future[BatchResult] = Future()
+                failed.set_exception(self._map_error(BrokenProcessPool(), batch, home))
+                return failed
             try:
                 source = executor.submit(run_packed, payload, *shared)
                 break
             except (BrokenProcessPool, ShutdownExecutorError):
-                # The pool broke after the last call (a worker died): start a new one.
+                # The pool broke (a worker died): start a new one.
                 self._discard(executor, kill=True)
                 if attempt == 2:
                     raise
+        if call is not None and home_ref is None:
+            with self._lock:
+                # A weak reference: the pool's own records of the call's batches hold
+                # the call's event, and a strong one here would keep both, and the
+                # call's arguments, alive for good.
+                self._homes[call] = weakref.ref(executor)
         target = _PoolFuture(source, executor)
         target.follow(
             source,
