@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from parlay import Parallel, delayed
+from parlay import BatchReport, CallInfo, Instrument, Parallel, delayed
 from parlay._batching import BatchSizer
 from parlay.testing import square
 
@@ -75,21 +75,25 @@ def nap(i: int) -> int:
     return i
 
 
+class Sizes(Instrument):
+    """Records each batch's first task and size."""
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[int, int]] = []
+
+    def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
+        self.sizes.append((batch.first, batch.n_tasks))
+
+    def by_start(self) -> list[int]:
+        return [n for _, n in sorted(self.sizes)]
+
+
 def test_batches_shrink_at_the_end_of_an_iterable_without_length() -> None:
-    from parlay import BatchReport, CallInfo, Instrument
-
-    class Sizes(Instrument):
-        def __init__(self) -> None:
-            self.sizes: list[tuple[int, int]] = []
-
-        def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
-            self.sizes.append((batch.first, batch.n_tasks))
-
     sizes = Sizes()
     tasks = (delayed(nap)(i) for i in range(200))  # a generator: no len()
     out = Parallel(n_jobs=2, backend="threads", instruments=[sizes])(tasks)
     assert out == list(range(200))
-    by_start = [n for _, n in sorted(sizes.sizes)]
+    by_start = sizes.by_start()
     assert by_start[:2] == [1, 1]
     assert max(by_start) >= 3  # 10 ms batches of 2 ms tasks
     assert sum(by_start) == 200
@@ -98,21 +102,12 @@ def test_batches_shrink_at_the_end_of_an_iterable_without_length() -> None:
 
 
 def _first_batches(backend: str, **options: Any) -> list[int]:
-    from parlay import BatchReport, CallInfo, Instrument
-
-    class Sizes(Instrument):
-        def __init__(self) -> None:
-            self.sizes: list[tuple[int, int]] = []
-
-        def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
-            self.sizes.append((batch.first, batch.n_tasks))
-
     sizes = Sizes()
     out = Parallel(n_jobs=2, backend=backend, instruments=[sizes], **options)(
         delayed(nap)(i) for i in range(100)
     )
     assert out == list(range(100))
-    return [n for _, n in sorted(sizes.sizes)][:2]
+    return sizes.by_start()[:2]
 
 
 def test_a_function_run_again_starts_from_its_measured_duration() -> None:
