@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conftest import _wait_until
 from parlay import Parallel, delayed
 
 ran: list[int] = []
@@ -89,17 +90,13 @@ def test_a_call_whose_worker_died_does_not_touch_the_pool_that_replaced_it(
     a = Parallel(
         n_jobs=2, backend="processes", batch_size=1, pre_dispatch=2, return_as="generator"
     )([delayed(square)(0), delayed(exit_after)(0.3, folder), delayed(mark_after)(folder, 1.0)])
-    deadline = time.monotonic() + 60
-    while not os.path.exists(os.path.join(folder, "dying")):
-        assert time.monotonic() < deadline, "task 1 never ran"
-        time.sleep(0.02)
+    dying = os.path.join(folder, "dying")
+    assert _wait_until(lambda: os.path.exists(dying), 60), "task 1 never ran"
     time.sleep(1.0)
     b = Parallel(n_jobs=2, backend="processes", return_as="generator")([delayed(time.sleep)(2)])
     assert next(a) == 0  # A sends task 2 now: B's pool has a free worker for it
     started = os.path.join(folder, "started")
-    deadline = time.monotonic() + 3
-    while not os.path.exists(started) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_until(lambda: os.path.exists(started), 3)
     with pytest.raises(WorkerDiedError):
         next(a)
     assert list(b) == [None]

@@ -49,7 +49,16 @@ from ._batching import BatchSizer
 from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
 from ._instrument import CallInfo, Dispatcher
 from ._sharing import CallShares
-from ._worker import Batch, BatchResult, WorkerContext, batch_of, deliver, describe_task, report
+from ._worker import (
+    Batch,
+    BatchResult,
+    WorkerContext,
+    batch_of,
+    deliver,
+    describe_task,
+    function_name,
+    report,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +108,7 @@ def _function_key(func: Callable[..., Any]) -> str:
     code = getattr(func, "__code__", None)
     if code is not None:
         return f"{code.co_filename}:{code.co_firstlineno}:{code.co_qualname}"
-    name = getattr(func, "__qualname__", None) or type(func).__qualname__
-    return f"{getattr(func, '__module__', None) or type(func).__module__}.{name}"
+    return function_name(func)
 
 
 _FUNC = operator.attrgetter("func")

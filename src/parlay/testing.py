@@ -338,12 +338,14 @@ def check_dead_worker(backend: str | Backend, n_jobs: int = 2) -> None:
         assert out == [i * i for i in range(10)]
 
 
-def _wait_for(path: str, failure: str, seconds: float = 60) -> None:
+def _appears(path: str, seconds: float) -> bool:
+    """Whether `path` exists within `seconds`."""
     deadline = time.monotonic() + seconds
     while not os.path.exists(path):
         if time.monotonic() > deadline:
-            raise AssertionError(failure)
+            return False
         time.sleep(0.02)
+    return True
 
 
 def check_dead_worker_stops_the_call(backend: str | Backend, n_jobs: int = 2) -> None:
@@ -370,14 +372,13 @@ def check_dead_worker_stops_the_call(backend: str | Backend, n_jobs: int = 2) ->
         )(tasks)
         # Task 1 kills its worker while the consumer waits; the engine notices it at once
         # (a second is ample even on a loaded machine).
-        _wait_for(os.path.join(folder, "dying"), "task 1 never ran")
+        if not _appears(os.path.join(folder, "dying"), 60):
+            raise AssertionError("task 1 never ran")
         time.sleep(1.0)
         assert next(results) == 0  # sends task 2, to a live worker (or fails it at once)
         # Where task 2 runs (a cluster's other worker), let it start: the check is that
         # it is stopped. A process pool fails it instead: its pool is gone.
-        deadline = time.monotonic() + 10
-        while not os.path.exists(os.path.join(folder, "started")) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _appears(os.path.join(folder, "started"), 10)
         try:
             next(results)
         except WorkerDiedError as exc:

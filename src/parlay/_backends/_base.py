@@ -62,6 +62,13 @@ class Capabilities:
     batch_seconds: float = 0.02
 
 
+def engine_task_name(batch: Batch) -> str:
+    """``parlay_<function>``: what a cluster engine names a batch's task, so that its
+    dashboard groups tasks by function (Dask takes a key's first word as its group)."""
+    name = str(getattr(batch.func_of(0), "__name__", "task")).replace("-", "_")
+    return f"parlay_{name}"
+
+
 class BridgedFuture(Future[Any]):
     """A :class:`concurrent.futures.Future` fed by an engine's own future.
 

@@ -42,7 +42,7 @@ from .._exceptions import ParlayError, WorkerDiedError
 from .._sharing import share_locally
 from .._worker import run_packed, unpack
 from . import on_shutdown
-from ._base import Backend, BridgedFuture, Capabilities, Session
+from ._base import Backend, BridgedFuture, Capabilities, Session, engine_task_name
 
 if TYPE_CHECKING:
     from .._negotiate import Decision
@@ -313,11 +313,10 @@ class DaskSession(Session):
 
     def submit(self, batch: Batch) -> Future[BatchResult]:
         payload, shared = batch.pack_sharing(self._put, local=self._is_local())
-        name = str(getattr(batch.func_of(0), "__name__", "task")).replace("-", "_")
         # Dask names a task's group (its dashboard colour, its duration estimates) after
         # the key's first word, and after later words only while they are letters alone:
         # "parlay-slice_sum-..." was the group "parlay" for every such function.
-        key = f"parlay_{name}-{batch.start}-{uuid.uuid4().hex}"
+        key = f"{engine_task_name(batch)}-{batch.start}-{uuid.uuid4().hex}"
         source = self._client.submit(run_packed, payload, *shared, key=key, pure=False, retries=0)
         target = BridgedFuture(source, source.cancel)
         batch = batch.skeleton()

@@ -34,7 +34,7 @@ from .._exceptions import ParlayError, WorkerDiedError
 from .._sharing import share_locally
 from .._worker import run_packed, unpack
 from . import on_shutdown
-from ._base import Backend, BridgedFuture, Capabilities, Session
+from ._base import Backend, BridgedFuture, Capabilities, Session, engine_task_name
 
 if TYPE_CHECKING:
     from .._negotiate import Decision
@@ -157,12 +157,12 @@ def _remote_run() -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def _named_run(function_name: str) -> Any:
+def _named_run(name: str) -> Any:
     """The remote function under the name of the batch's function, for Ray's dashboard and
     state API, which showed every parlay task as ``run_packed`` (``ray.timeline()`` names
     tasks by their Python function still). Made once per name: made for each batch,
     ``.options(name=...)`` cost 45 us a submit; kept, nothing (170 us either way)."""
-    return _remote_run().options(name=f"parlay_{function_name}")
+    return _remote_run().options(name=name)
 
 
 _DEATHS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError")
@@ -192,8 +192,7 @@ class RaySession(Session):
         # array's size in extra memory, against one copy).
         put = share_locally if self._local else ray.put
         payload, shared = batch.pack_sharing(put, local=self._local)
-        name = str(getattr(batch.func_of(0), "__name__", "task"))
-        ref = _named_run(name).remote(payload, *shared)
+        ref = _named_run(engine_task_name(batch)).remote(payload, *shared)
         source = ref.future()
         target = BridgedFuture(ref, lambda: ray.cancel(ref))
         batch = batch.skeleton()
