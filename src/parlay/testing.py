@@ -282,6 +282,25 @@ def check_timeout(backend: str | Backend, n_jobs: int = 2) -> None:
         time.sleep(max(0.0, seconds - elapsed) + 0.2)
 
 
+def check_call_after_timeout(backend: str | Backend, n_jobs: int = 2) -> None:
+    """The call right after a timeout works: the kill of the stuck task (and of the tasks
+    that were finishing around it) reaches none of the next call's tasks."""
+    if not _capabilities(backend).can_kill:
+        return
+    for _ in range(5):
+        try:
+            Parallel(n_jobs=n_jobs, backend=backend, batch_size=1, timeout=0.3)(
+                delayed(sleep_at)(i, 30, 60) if i == 30 else delayed(jittered_square)(i)
+                for i in range(400)
+            )
+        except TaskTimeoutError:
+            pass
+        else:
+            raise AssertionError("TaskTimeoutError was not raised")
+        out = Parallel(n_jobs=n_jobs, backend=backend)(delayed(square)(i) for i in range(20))
+        assert out == [i * i for i in range(20)]
+
+
 def check_timeout_kills(backend: str | Backend, n_jobs: int = 2, tmp_dir: str = "") -> None:
     """On a backend that can kill, the worker running the stuck task is gone after a timeout."""
     if not _capabilities(backend).can_kill:
@@ -435,6 +454,7 @@ CHECKS: dict[str, Check] = {
         check_nested,
         check_timeout,
         check_timeout_kills,
+        check_call_after_timeout,
         check_dead_worker,
         check_dead_worker_stops_the_call,
         check_serialization_errors,
