@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import subprocess
 import sys
 import threading
+import weakref
+from typing import Any
 
 import pytest
 
@@ -84,6 +87,9 @@ def test_parallel_config_backend_params_need_a_backend() -> None:
 def test_delayed_rejects_non_callables() -> None:
     with pytest.raises(TypeError, match="delayed\\(\\) needs a callable"):
         delayed(3)  # type: ignore[arg-type]
+    # Not even None, which an empty cache of delayed's last function could mistake.
+    with pytest.raises(TypeError, match="delayed\\(\\) needs a callable"):
+        delayed(None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [3, "f", (square, 1, {}), (square, (1,)), (1, (), {})])
@@ -127,6 +133,45 @@ def test_task_runs_when_called_and_shows_its_call() -> None:
 def test_joblib_triples_and_tasks_mix(backend: str) -> None:
     tasks = [delayed(square)(1), (square, (2,), None), (square, [3], {}), delayed(pow)(2, exp=3)]
     assert Parallel(n_jobs=2, backend=backend)(tasks) == [1, 4, 9, 8]
+
+
+def test_delayed_gives_each_function_its_own_tasks_across_threads() -> None:
+    # delayed keeps its last wrapper: threads alternating two functions must still get
+    # tasks of the function they asked for.
+    def make(func: Any, out: list[Task[int]]) -> None:
+        for i in range(20_000):
+            out.append(delayed(func)(i))
+
+    made: dict[Any, list[Task[int]]] = {square: [], abs: []}
+    threads = [threading.Thread(target=make, args=(f, made[f])) for f in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for func, tasks in made.items():
+        assert all(task.func is func for task in tasks)
+        assert [task.args[0] for task in tasks] == list(range(20_000))
+
+
+def test_a_call_keeps_no_function_given_to_delayed_alive(backend: str) -> None:
+    def make_function(payload: list[int]) -> Any:
+        def total(i: int) -> int:
+            return i + len(payload)
+
+        return total
+
+    func = make_function([0] * 1000)
+    alive = weakref.ref(func)
+    assert Parallel(n_jobs=2, backend=backend)(delayed(func)(i) for i in range(5)) == [
+        1000,
+        1001,
+        1002,
+        1003,
+        1004,
+    ]
+    del func
+    gc.collect()
+    assert alive() is None, "the function given to delayed outlived the call"
 
 
 def test_delayed_keeps_the_function_name() -> None:
