@@ -56,6 +56,23 @@ def test_a_long_floor_splits_the_rest_evenly_once() -> None:
     assert slow.next_size(3) == 1
 
 
+def test_a_short_call_run_again_goes_in_one_batch_per_worker() -> None:
+    # An earlier call measured 1 ms a task: 32 tasks are 32 ms, under one 50 ms batch per
+    # worker, so they go as two batches of 16 at once (not 16, 8, 4, 2, 2).
+    short = BatchSizer(None, target=0.05, n_workers=2, timeout=None)
+    short.seed(0.001)
+    assert short.next_size(32) == 16
+    assert short.next_size(16) == 16
+    # A longer call keeps the shrinking batches, an even share of the rest at most,
+    # until one of its own batches has been measured.
+    long = BatchSizer(None, target=0.05, n_workers=2, timeout=None)
+    long.seed(0.001)
+    assert long.next_size(1000) == 50
+    assert long.next_size(950) == 50
+    long.observe(50, 0.05)
+    assert long.next_size(32) == 12  # measured here: the tail shrinks as usual
+
+
 def test_auto_shrinks_when_tasks_get_slower() -> None:
     sizer = BatchSizer(None, target=0.05, n_workers=2, timeout=None)
     sizer.observe(100, 0.01)
@@ -125,6 +142,22 @@ def test_a_function_run_again_starts_from_its_measured_duration() -> None:
     assert _first_batches("threads") == [1, 1]
     parlay.shutdown()
     assert _first_batches("processes") == [1, 1]
+
+
+def test_a_short_call_run_again_sends_one_batch_per_worker() -> None:
+    import parlay
+
+    def sizes_of_call() -> list[int]:
+        sizes = Sizes()
+        out = Parallel(n_jobs=2, backend="processes", instruments=[sizes])(
+            delayed(nap)(i) for i in range(32)
+        )
+        assert out == list(range(32))
+        return sizes.by_start()
+
+    sizes_of_call()  # measures nap: some 2 ms, so 32 of them are a short call
+    assert sizes_of_call() == [16, 16]
+    parlay.shutdown()
 
 
 @pytest.mark.parametrize("n_tasks", [0, 1, 2, 3, 17, 1000])
