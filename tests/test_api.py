@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import parlay
+from conftest import _wait_until
 from parlay import Parallel, Task, delayed, effective_n_jobs, parallel_config
 from parlay.testing import square
 
@@ -172,6 +173,29 @@ def test_a_call_keeps_no_function_given_to_delayed_alive(backend: str) -> None:
     del func
     gc.collect()
     assert alive() is None, "the function given to delayed outlived the call"
+    # A generator of results never read: the call started, and never ends.
+    func = make_function([0] * 1000)
+    alive = weakref.ref(func)
+    results = Parallel(n_jobs=2, backend=backend, return_as="generator")(
+        delayed(func)(i) for i in range(5)
+    )
+    del func, results
+    # The batches already sent hold it until they are done.
+    assert _wait_until(lambda: gc.collect() >= 0 and alive() is None, 10), (
+        "the function given to delayed outlived a call never read"
+    )
+
+
+def test_shutdown_lets_go_of_the_function_last_given_to_delayed() -> None:
+    def total(i: int) -> int:
+        return i
+
+    alive = weakref.ref(total)
+    delayed(total)(1)  # tasks made, never run
+    del total
+    parlay.shutdown()
+    gc.collect()
+    assert alive() is None
 
 
 def test_delayed_keeps_the_function_name() -> None:

@@ -100,8 +100,9 @@ def delayed(function: Callable[P, R]) -> Callable[P, Task[R]]:
     """
     # ``delayed(f)(x) for x in xs`` asks for the same wrapper once per task: the last one
     # is kept, which saves a third of a tiny task's cost to make (and one object for the
-    # garbage collector to count). A call forgets it when it ends, not to keep `function`
-    # (and what it holds) alive.
+    # garbage collector to count). Calls forget it once started and when they end, and
+    # so does shutdown(), not to keep `function` (and what it holds) alive; until then
+    # the one function last given to delayed stays referenced.
     last = _last_delayed
     if last[0] is function:
         return last[1]  # type: ignore[no-any-return]
@@ -125,8 +126,12 @@ def _remember_delayed(pair: tuple[Any, Any]) -> None:
 
 
 def _forget_delayed() -> None:
-    """Let go of the last function given to ``delayed`` (at the end of each call)."""
+    """Let go of the last function given to ``delayed`` (when a call has started, when it
+    ends, and at shutdown)."""
     _remember_delayed((_NO_FUNCTION, None))
+
+
+_backends.on_shutdown(_forget_delayed)
 
 
 def _closer(session: Session | None) -> Callable[[], None]:
@@ -471,10 +476,25 @@ class Parallel:
 
     def __call__(self, iterable: Iterable[Task[R]] | Iterable[Any]) -> Any:
         """Run the tasks of `iterable`; see ``return_as`` for what comes back."""
+        try:
+            call = self._call(iterable)
+            call.start()
+        finally:
+            # What delayed made for the tasks read so far is no longer needed: a
+            # generator of tasks read later fills the cache again, and the call forgets
+            # it when it ends (the tasks may never be read further, or run at all).
+            _forget_delayed()
+        if self._return_as == "list":
+            return call.results_list()
+        if self._return_as == "generator":
+            return call.results_ordered()
+        return call.results_unordered()
+
+    def _call(self, iterable: Iterable[Any]) -> Call:
         decision, backend, session, private = self._open()
         owns_session = private and self._managed is None
         caps = backend.capabilities
-        call = Call(
+        return Call(
             iterable,
             session=session,
             capabilities=caps,
@@ -491,12 +511,6 @@ class Parallel:
             nesting_level=decision.nesting_level,
             on_close=_closer(session if owns_session else None),
         )
-        call.start()
-        if self._return_as == "list":
-            return call.results_list()
-        if self._return_as == "generator":
-            return call.results_ordered()
-        return call.results_unordered()
 
     def _instruments(self) -> Dispatcher | None:
         """The instruments of this call: its own, the context's, and a progress bar."""

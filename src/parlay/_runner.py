@@ -37,6 +37,7 @@ import operator
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -67,6 +68,9 @@ __all__ = ["Call"]
 # Tasks shorter than this are not timed one by one (their batch is): a clock read and an
 # append a task would be a sizeable share of their cost.
 _TIMED_TASK_SECONDS = 20e-6
+# While tasks of an earlier call hold workers, how often a call with a timeout looks
+# whether one is free (to start the clock of the batch it will run).
+_ORPHAN_POLL_SECONDS = 0.05
 
 
 def native_hold(context: WorkerContext, capabilities: Capabilities) -> int | None:
@@ -87,6 +91,32 @@ _READ_SLICE = 64
 # goes out as one batch, and a batch must be worth its cost (milliseconds on Dask).
 _READ_AHEAD_SHARE = 0.1
 _READ_AHEAD_MIN_SECONDS = 0.002
+# Batches that calls ended without a kill left running, by session: each holds a worker
+# until it ends, and a later call's timeout must not count the wait for that worker.
+_ORPHANS: weakref.WeakKeyDictionary[Session, set[Future[Any]]] = weakref.WeakKeyDictionary()
+_ORPHANS_LOCK = threading.Lock()
+
+
+def _adopt_orphans(session: Session, futures: list[Future[Any]]) -> None:
+    with _ORPHANS_LOCK:
+        _ORPHANS.setdefault(session, set()).update(futures)
+    owner = weakref.ref(session)
+    for future in futures:
+        future.add_done_callback(functools.partial(_orphan_ended, owner))
+
+
+def _orphan_ended(owner: weakref.ref[Session], future: Future[Any]) -> None:
+    session = owner()
+    if session is not None:
+        with _ORPHANS_LOCK:
+            _ORPHANS.get(session, set()).discard(future)
+
+
+def _orphans(session: Session) -> int:
+    with _ORPHANS_LOCK:
+        return len(_ORPHANS.get(session, ()))
+
+
 # Task durations measured by earlier calls, by backend and function (see Call._seed).
 _ESTIMATES: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
 _ESTIMATES_LOCK = threading.Lock()
@@ -375,10 +405,17 @@ class Call:
         return out
 
     def _mark_started(self) -> None:
+        """Start the timeout clock of the batches that hold a worker now: the first
+        n_workers in flight (a pool serves its queue in order), fewer while tasks an
+        earlier call left running hold some workers."""
         if self._timeout is None:
             return
+        free = self._n_workers
+        orphans = _orphans(self._session)
+        if orphans:
+            free = max(0, min(free, self._session.n_workers - orphans))
         now = time.monotonic()
-        for record in itertools.islice(self._inflight.values(), self._n_workers):
+        for record in itertools.islice(self._inflight.values(), free):
             if record.started is None:
                 record.started = now
 
@@ -394,14 +431,22 @@ class Call:
                 if r.started is not None
             ]
             oldest = min(running, key=lambda r: r.started or 0.0, default=None)
+            waiting = _orphans(self._session) > 0
             if oldest is None or oldest.started is None:
-                return self._done.get()
-            remaining = oldest.started + self._timeout - time.monotonic()
-            if remaining <= 0 and not oldest.future.done():
-                raise self._timeout_error(oldest.batch)
+                if not waiting:
+                    return self._done.get()
+                remaining = _ORPHAN_POLL_SECONDS
+            else:
+                remaining = oldest.started + self._timeout - time.monotonic()
+                if remaining <= 0 and not oldest.future.done():
+                    raise self._timeout_error(oldest.batch)
+                if waiting:
+                    remaining = min(remaining, _ORPHAN_POLL_SECONDS)
             try:
                 return self._done.get(timeout=max(remaining, 0.0))
             except queue.Empty:
+                if waiting:
+                    self._mark_started()  # a worker an earlier call held may be free
                 continue
 
     def _timeout_error(self, batch: Batch) -> TaskTimeoutError:
@@ -492,6 +537,10 @@ class Call:
         self._inflight.clear()
         if futures:
             self._session.cancel(futures, kill=kill)
+            if not kill:
+                left = self._session.still_running(futures)
+                if left:
+                    _adopt_orphans(self._session, left)
         self._close(error)
 
     def _close(self, error: BaseException | None = None) -> None:

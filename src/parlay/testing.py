@@ -85,6 +85,14 @@ def sleep_at(x: int, bad: int, seconds: float, pid_file: str | None = None) -> i
     return x
 
 
+def raise_at_else_sleep(x: int, bad: int, seconds: float) -> int:
+    """Raise ``ValueError`` when ``x == bad``; otherwise sleep `seconds` and return `x`."""
+    if x == bad:
+        raise ValueError(f"task {x} failed on purpose")
+    time.sleep(seconds)
+    return x
+
+
 def exit_after(seconds: float, folder: str | None = None) -> None:
     """End the worker process with exit code 3 after `seconds`; first create ``dying``
     in `folder`, if given."""
@@ -301,6 +309,30 @@ def check_call_after_timeout(backend: str | Backend, n_jobs: int = 2) -> None:
         assert out == [i * i for i in range(20)]
 
 
+def check_timeout_after_an_early_end(backend: str | Backend, n_jobs: int = 2) -> None:
+    """A call ended by a task's error may leave its running tasks to run out (a thread
+    cannot be stopped, and only a kill stops a process's task); the next call's timeout
+    counts the time its own tasks run, not its wait for those workers to be free."""
+    if _capabilities(backend).inline:
+        return
+    seconds = 1.0
+    t0 = time.monotonic()
+    try:
+        Parallel(n_jobs=n_jobs, backend=backend, batch_size=1, pre_dispatch=n_jobs + 1)(
+            delayed(raise_at_else_sleep)(i, 0, seconds) for i in range(2 * n_jobs + 2)
+        )
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("ValueError was not raised")
+    out = Parallel(n_jobs=n_jobs, backend=backend, timeout=seconds / 2)(
+        delayed(square)(i) for i in range(4)
+    )
+    assert out == [0, 1, 4, 9]
+    # Before the next check: let the tasks left running end.
+    time.sleep(max(0.0, t0 + seconds + 0.5 - time.monotonic()))
+
+
 def check_timeout_kills(backend: str | Backend, n_jobs: int = 2, tmp_dir: str = "") -> None:
     """On a backend that can kill, the worker running the stuck task is gone after a timeout."""
     if not _capabilities(backend).can_kill:
@@ -455,6 +487,7 @@ CHECKS: dict[str, Check] = {
         check_timeout,
         check_timeout_kills,
         check_call_after_timeout,
+        check_timeout_after_an_early_end,
         check_dead_worker,
         check_dead_worker_stops_the_call,
         check_serialization_errors,

@@ -75,13 +75,16 @@ class BridgedFuture(Future[Any]):
     For engines whose futures are not ``concurrent.futures`` ones (Dask), or whose
     results need converting (unpickling, mapping engine errors): the session makes one
     per batch, and the engine's done-callback calls :meth:`settle` or
-    :meth:`source_cancelled`. Cancelling it cancels the source through `cancel_source`.
+    :meth:`source_cancelled`. Cancelling it calls `cancel_source` (which may leave the
+    engine's work running: Ray's gentle cancel can crash its driver).
     """
 
     def __init__(self, source: object, cancel_source: Callable[[], object]) -> None:
         super().__init__()
         self.source = source
         self._cancel_source = cancel_source
+        #: The ``concurrent.futures`` future :meth:`follow` follows, if any.
+        self.followed: Future[Any] | None = None
 
     def cancel(self) -> bool:
         # Like Future.cancel: False when the work already runs (the source said False).
@@ -122,6 +125,7 @@ class BridgedFuture(Future[Any]):
             else:
                 self.settle(lambda: convert(done.result()), map_error)
 
+        self.followed = source
         source.add_done_callback(_done)
 
 
@@ -157,6 +161,12 @@ class Session(abc.ABC):
         """
         for future in futures:
             future.cancel()
+
+    def still_running(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+        """Of `futures` given to ``cancel(kill=False)``, those whose work goes on in a
+        worker: futures that finish when it ends. Until then that worker is not free,
+        and a later call's timeout must not count the wait for it (see the runner)."""
+        return [future for future in futures if not future.done()]
 
     @abc.abstractmethod
     def close(self) -> None:

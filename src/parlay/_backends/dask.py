@@ -297,6 +297,11 @@ def _in_worker_thread() -> bool:
     return True
 
 
+def _key(source: Any) -> Any:
+    """The key of a Dask future."""
+    return source.key
+
+
 @final
 class DaskSession(Session):
     """A view on a client: how many batches of one call may run at once."""
@@ -361,13 +366,28 @@ class DaskSession(Session):
         return error
 
     def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
+        futures = list(futures)
         sources: list[Any] = [f.source for f in futures if isinstance(f, BridgedFuture)]
         busy: list[str] = []
-        if kill and sources:
-            # A running Dask task cannot be cancelled: kill the workers running ours.
+        processing: set[Any] = set()
+        if sources:
             keys = {s.key for s in sources}
             with contextlib.suppress(Exception):
-                busy = [w for w, ks in self._client.processing().items() if keys & set(ks)]
+                for worker, worker_keys in self._client.processing().items():
+                    if keys & set(worker_keys):
+                        busy.append(worker)
+                        processing |= keys & set(worker_keys)
+        if not kill:
+            # A running Dask task cannot be cancelled (a worker's thread runs it to its
+            # end): leave the ones on workers to finish, so that their futures tell when
+            # those workers are free (still_running), and cancel the rest.
+            futures = [
+                f
+                for f in futures
+                if not (isinstance(f, BridgedFuture) and _key(f.source) in processing)
+            ]
+            sources = [s for s in sources if s.key not in processing]
+            busy = []
         for future in futures:
             future.cancel()
         if sources:

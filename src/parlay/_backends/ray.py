@@ -19,8 +19,10 @@ that moment aborts the *driver process* in Ray's own code ("Check failed: it !=
 submissible_tasks_.end() Tried to complete task that was not pending", Ray 2.60). Loops
 cancelling short tasks as they finished died within 20 s in 3 of 3 runs with
 ``force=False`` and in 1 of 5 with ``force=True`` (some 20,000 cancels a run); so parlay
-cancels only to kill, which is rare, and lets an ordinary early end cost at most the
-call's ``pre_dispatch`` batches of work.
+cancels only to kill, which is rare. An ordinary early end costs the work of the batches
+already sent (``pre_dispatch`` bounds them; a short call goes as one batch per worker),
+and those hold their workers until they end: a later call's timeout does not count its
+wait for them (``Session.still_running``, the runner's orphans).
 """
 
 from __future__ import annotations
@@ -239,7 +241,12 @@ class RaySession(Session):
             # meanwhile could be pushed to it: the next call's first tasks died with
             # WorkerCrashedError within 1-7 timed-out calls of a loop. Once the killed
             # tasks' results have settled, Ray has seen those workers die.
-            ray.wait(killed, num_returns=len(killed), timeout=5.0)
+            ray.wait(killed, num_returns=len(killed), timeout=5.0, fetch_local=False)
+
+    def still_running(self, futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+        # Our futures were cancelled at once; the Ray tasks run out (see cancel).
+        followed = [f.followed for f in futures if isinstance(f, BridgedFuture)]
+        return [f for f in followed if f is not None and not f.done()]
 
     def close(self) -> None:
         pass  # Ray belongs to the user, or to the module (stopped by shutdown())
