@@ -167,6 +167,13 @@ def _shm() -> set[str]:
     }
 
 
+def _native_threads() -> dict[str, int]:
+    """The threads each native pool (BLAS, OpenMP) loaded in this process may use."""
+    import threadpoolctl
+
+    return {pool["filepath"]: pool["num_threads"] for pool in threadpoolctl.threadpool_info()}
+
+
 def _wait_until(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -201,6 +208,7 @@ def no_leaks() -> Iterator[None]:
     children_before = set(_children())
     shm_before = _shm()
     env_before = dict(os.environ)
+    native_before = _native_threads()
     yield
     parlay.shutdown()
     if _engines_started != started:
@@ -240,5 +248,13 @@ def no_leaks() -> Iterator[None]:
         problems.append(f"shared-memory segments left in /dev/shm: {sorted(leaked_shm)}")
     if env_changed:
         problems.append(f"environment variables changed: {env_changed}")
+    native_after = _native_threads()
+    changed = {
+        path: (n, native_after[path])
+        for path, n in native_before.items()
+        if path in native_after and native_after[path] != n
+    }
+    if changed:
+        problems.append(f"native thread pools left changed (before, after): {changed}")
     if problems:
         pytest.fail("; ".join(problems))

@@ -412,14 +412,49 @@ def held_copies() -> set[str]:
 
 
 def test_the_calls_copy_is_gone_at_once_and_its_memory_soon_after() -> None:
-    # The name goes when the call ends; the pages, held by a descriptor, soon after.
+    # After a call that failed, the name goes when the call ends; the pages, held by a
+    # descriptor, soon after.
+    from parlay.testing import raise_at
+
     array = np.ones(16_000_000)  # 128 MB: over the size freed in the background
+    with pytest.raises(ValueError, match="failed on purpose"):
+        Parallel(n_jobs=2, backend="processes")(
+            delayed(lambda a, i: raise_at(i, 3) + slice_sum(a, i, i + 1))(array, i)
+            for i in range(4)
+        )
+    assert shm_segments() == set()
+    assert _wait_until(lambda: not held_copies(), 10), held_copies()
+    # After a call that ended well, the copy is kept a moment for a next call of the
+    # same size, then goes too (without shutdown).
     out = Parallel(n_jobs=2, backend="processes")(
         delayed(slice_sum)(array, k, k + 1000) for k in range(4)
     )
     assert out == [1000.0] * 4
-    assert shm_segments() == set()
     assert _wait_until(lambda: not held_copies(), 10), held_copies()
+
+
+def test_a_call_of_the_same_size_reuses_the_last_copys_segment(local_engine: str) -> None:
+    first, second = np.ones(4_000_000), np.full(4_000_000, 2.0)  # 32 MB each
+    call = Parallel(n_jobs=2, backend=local_engine)
+    assert call(delayed(slice_sum)(first, 0, 10) for _ in range(2)) == [10.0] * 2
+    kept = shm_segments()
+    assert len(kept) == 1, kept
+    # The next copy goes into the same pages: its own values, no stale ones.
+    assert call(delayed(slice_sum)(second, 0, 10) for _ in range(2)) == [20.0] * 2
+    assert shm_segments() == kept
+
+
+def test_a_copy_a_task_kept_is_never_written_again(local_engine: str) -> None:
+    from parlay.testing import keep_and_sum, sums_kept
+
+    first, second = np.ones(4_000_000), np.full(4_000_000, 2.0)
+    call = Parallel(n_jobs=2, backend=local_engine, batch_size=1)
+    assert call(delayed(keep_and_sum)(first) for _ in range(4)) == [4e6] * 4
+    # The workers report the copy still mapped: the next call gets a new segment, and
+    # what the tasks kept keeps its values.
+    assert call(delayed(slice_sum)(second, 0, 10) for _ in range(4)) == [20.0] * 4
+    for sums in call(delayed(sums_kept)() for _ in range(8)):
+        assert all(total == 4e6 for total in sums), sums
 
 
 def test_back_to_back_calls_hold_one_copy_at_a_time() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import pytest
@@ -18,15 +19,29 @@ class StdlibProcessSession(Session):
     def __init__(self, n_workers: int) -> None:
         self.n_workers = n_workers
         self._pool = ProcessPoolExecutor(n_workers)
+        self._sources: weakref.WeakKeyDictionary[Future[BatchResult], Future[bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
+        # The contract: cancel what has not started. A running batch's future stays
+        # pending until its work ends (which tells the runner when the worker is free).
+        for future in futures:
+            source = self._sources.pop(future, None)
+            if source is None or source.cancel():
+                future.cancel()
 
     def submit(self, batch: Batch) -> Future[BatchResult]:
         source = self._pool.submit(Batch.run_packed, batch.pack())
         result: Future[BatchResult] = Future()
+        self._sources[result] = source
 
         def done(f: Future[bytes]) -> None:
             if f.cancelled():
                 result.cancel()
                 result.set_running_or_notify_cancel()
+                return
+            if result.cancelled():
                 return
             error = f.exception()
             if error is not None:

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final, Literal, ParamSpec, TypeVar, cast, final
@@ -486,9 +487,11 @@ class Parallel:
             _forget_delayed()
         if self._return_as == "list":
             return call.results_list()
-        if self._return_as == "generator":
-            return call.results_ordered()
-        return call.results_unordered()
+        results = (
+            call.results_ordered() if self._return_as == "generator" else call.results_unordered()
+        )
+        weakref.finalize(results, call.abandon)
+        return results
 
     def _call(self, iterable: Iterable[Any]) -> Call:
         decision, backend, session, private = self._open()

@@ -259,7 +259,12 @@ class BlasLimiter:
             self._limits.restore()
             self._limits = None
         if target is not None:
-            self._limits = _Limit(self._pools(), target)
+            # OpenMP's count is a setting of each thread: set process-wide from whichever
+            # thread applies or restores the limit, it was left at one thread in the
+            # caller's thread when another thread restored it (seen in the test suite).
+            # In the caller's process each thread worker sets its own (held); a worker
+            # process runs its tasks in the thread that keeps the limit.
+            self._limits = _Limit(self._pools(), target, openmp=self._kept is not None)
         self._applied = target
 
 
@@ -277,9 +282,11 @@ class _Limit:
     threadpoolctl.
     """
 
-    def __init__(self, controller: Any, n_threads: int) -> None:
+    def __init__(self, controller: Any, n_threads: int, *, openmp: bool = True) -> None:
         self._undo: list[Callable[[], object]] = []
         for lib in controller.lib_controllers:
+            if lib.user_api == "openmp" and not openmp:
+                continue
             previous = lib.num_threads
             if previous == n_threads:
                 continue

@@ -49,7 +49,7 @@ from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
 from ._exceptions import InternalError, TaskTimeoutError, WorkerDiedError
 from ._instrument import CallInfo, Dispatcher
-from ._sharing import CallShares
+from ._sharing import CallShares, free_spares
 from ._worker import (
     Batch,
     BatchResult,
@@ -129,6 +129,7 @@ def _forget_estimates() -> None:
 
 
 on_shutdown(_forget_estimates)
+on_shutdown(free_spares)
 
 
 def _function_key(func: Callable[..., Any]) -> str:
@@ -247,6 +248,9 @@ class Call:
         self._n_tasks = 0
         self._t0 = time.perf_counter()
         self._closed = False
+        self._aborted = False
+        # A worker still held a view of a per-call copy after its batch (see _sharing).
+        self._pinned = False
         self._estimate_key: tuple[str, str] | None = None
 
     # -- dispatch ---------------------------------------------------------------------
@@ -508,6 +512,8 @@ class Call:
                 if self._inline_timeout is not None and result.elapsed > self._inline_timeout:
                     raise self._timeout_error(record.batch)
                 deliver(result)
+                if result.pinned:
+                    self._pinned = True
                 self._n_tasks += len(result.values)
                 self._sizer.observe(len(result.values), result.elapsed)
                 if self._reports:
@@ -532,6 +538,7 @@ class Call:
             self._close(error)
 
     def _abort(self, *, kill: bool, error: BaseException | None = None) -> None:
+        self._aborted = True
         self._cancel.set()
         futures = [record.future for record in self._inflight.values()]
         self._inflight.clear()
@@ -558,7 +565,8 @@ class Call:
         if self._events is not None:
             self._events.emit("call_finished", self._info, error)
         if self._shares is not None:
-            self._shares.clear()
+            # Only after a clean end are the call's copies free of every worker.
+            self._shares.clear(recycle=error is None and not self._aborted and not self._pinned)
         self._blocking.__exit__(None, None, None)
         if self._native_held:
             assert self._native_hold is not None
@@ -616,6 +624,17 @@ class Call:
         for start in sorted(parts):
             out.extend(parts[start])
         return out
+
+    def abandon(self) -> None:
+        """End a call whose results generator was dropped before it was ever read.
+
+        A generator that never started runs no ``finally`` when it is closed or
+        collected: without this (a finalizer of the generator), the call's pool slot,
+        its hold on the native thread pools (left limited to one thread, for good) and
+        its shared copies stayed taken.
+        """
+        if not self._closed:
+            self._abort(kill=False, error=GeneratorExit())
 
     def results_ordered(self) -> Iterator[Any]:
         """Yield results in task order as soon as each is available."""

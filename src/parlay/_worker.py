@@ -31,7 +31,14 @@ from typing import Any, Final, cast
 from . import _budget, _config, _output
 from ._exceptions import RemoteTraceback, SerializationError
 from ._instrument import BatchReport
-from ._sharing import CallShares, dumps_sharing, loads_shared, resolve
+from ._sharing import (
+    CallShares,
+    dumps_sharing,
+    loads_shared,
+    mappings_of_copies,
+    resolve,
+    unmapped,
+)
 
 __all__ = ["Batch", "BatchResult", "WorkerContext", "pack", "run_batch", "run_packed", "unpack"]
 
@@ -179,6 +186,10 @@ class BatchResult:
     stdout: str = ""
     stderr: str = ""
     logs: list[dict[str, Any]] = field(default_factory=list)
+    # The worker could not unmap a per-call copy of a large argument once the batch was
+    # done: something (a task's global, a result) still holds a view of it, so the caller
+    # must not write the next call's data into that segment.
+    pinned: bool = False
 
 
 _HOST: list[str] = []
@@ -444,8 +455,15 @@ def run_packed(payload: bytes, *shared: Any) -> bytes:
     t0 = time.perf_counter()
     if not _IN_WORKER_PROCESS:
         _IN_WORKER_PROCESS.append(True)
+    copies: list[Any] = []
     try:
-        batch: Batch = loads_shared(payload, resolve(shared)) if shared else _loads(payload)
+        if shared:
+            values = resolve(shared)
+            copies = mappings_of_copies(shared, values)
+            batch: Batch = loads_shared(payload, values)
+            del values
+        else:
+            batch = _loads(payload)
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
         failure = SerializationError(
@@ -457,6 +475,9 @@ def run_packed(payload: bytes, *shared: Any) -> bytes:
     load_seconds = time.perf_counter() - t0
     result = run_batch(batch, remote=True)
     result.load_seconds = load_seconds
+    if copies:
+        del batch
+        result.pinned = not unmapped(copies)
     try:
         return _dumps(result)
     except Exception:

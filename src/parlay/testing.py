@@ -93,6 +93,20 @@ def raise_at_else_sleep(x: int, bad: int, seconds: float) -> int:
     return x
 
 
+_KEPT: list[Any] = []
+
+
+def keep_and_sum(array: Any) -> float:
+    """Keep `array` in this process's memory, as a careless task might; return its sum."""
+    _KEPT.append(array)
+    return float(array.sum())
+
+
+def sums_kept() -> list[float]:
+    """The sums of the arrays :func:`keep_and_sum` kept in this process, now."""
+    return [float(array.sum()) for array in _KEPT]
+
+
 def exit_after(seconds: float, folder: str | None = None) -> None:
     """End the worker process with exit code 3 after `seconds`; first create ``dying``
     in `folder`, if given."""

@@ -157,7 +157,9 @@ class Session(abc.ABC):
         """Cancel `futures` that have not started; with `kill`, stop running ones too.
 
         Killing is best effort and only where the backend's ``can_kill`` capability
-        says so; the default cancels pending futures only.
+        says so; the default cancels pending futures only. Without `kill`, a future whose
+        work runs must stay pending until that work ends (as ``Future.cancel`` leaves a
+        running future): :meth:`still_running` tells the runner so.
         """
         for future in futures:
             future.cancel()
