@@ -444,6 +444,22 @@ def test_a_call_of_the_same_size_reuses_the_last_copys_segment(local_engine: str
     assert shm_segments() == kept
 
 
+def test_an_unpicklable_result_of_a_task_given_a_large_array_is_named(
+    local_engine: str,
+) -> None:
+    from parlay import SerializationError
+    from parlay.testing import return_unpicklable
+
+    array = np.ones(4_000_000)  # a per-call copy, which the worker checks after the batch
+    out = Parallel(n_jobs=2, backend=local_engine, return_exceptions=True)(
+        delayed(lambda a, i: return_unpicklable(i) if i == 1 else slice_sum(a, 0, 2))(array, i)
+        for i in range(3)
+    )
+    assert out[0] == out[2] == 2.0
+    assert isinstance(out[1], SerializationError), out[1]
+    assert "task 1" in str(out[1])
+
+
 def test_a_copy_a_task_kept_is_never_written_again(local_engine: str) -> None:
     from parlay.testing import keep_and_sum, sums_kept
 

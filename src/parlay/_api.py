@@ -24,7 +24,7 @@ from ._backends._base import Backend, Capabilities, Session
 from ._config import UNSET
 from ._instrument import Dispatcher, Instrument, ProgressBar, RichProgressBar
 from ._negotiate import CallHints, Decision, UserContext, decide
-from ._runner import Call
+from ._runner import Call, abandon_later, ensure_abandoner
 from ._worker import WorkerContext, in_worker_process
 
 __all__ = ["Parallel", "Task", "delayed", "effective_n_jobs", "explain_last"]
@@ -490,7 +490,8 @@ class Parallel:
         results = (
             call.results_ordered() if self._return_as == "generator" else call.results_unordered()
         )
-        weakref.finalize(results, call.abandon)
+        ensure_abandoner()
+        weakref.finalize(results, abandon_later, call)
         return results
 
     def _call(self, iterable: Iterable[Any]) -> Call:

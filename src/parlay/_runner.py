@@ -71,6 +71,8 @@ _TIMED_TASK_SECONDS = 20e-6
 # While tasks of an earlier call hold workers, how often a call with a timeout looks
 # whether one is free (to start the clock of the batch it will run).
 _ORPHAN_POLL_SECONDS = 0.05
+# ... and how many of its timeouts a batch waits for such a worker before its clock runs.
+_ORPHAN_WAIT_TIMEOUTS = 4
 
 
 def native_hold(context: WorkerContext, capabilities: Capabilities) -> int | None:
@@ -117,6 +119,47 @@ def _orphans(session: Session) -> int:
         return len(_ORPHANS.get(session, ()))
 
 
+# Calls whose results generator was collected, for the thread that ends them. The
+# generator's finalizer only puts the call here: it runs wherever the garbage collector
+# does, possibly in a thread holding one of the locks that ending a call takes, and
+# SimpleQueue.put takes none that could be held there.
+_ABANDONED: queue.SimpleQueue[Any] = queue.SimpleQueue()
+_ABANDONER: list[threading.Thread] = []
+_ABANDONER_LOCK = threading.Lock()
+
+
+def abandon_later(call: Call) -> None:
+    """The finalizer of a call's results generator: have the call ended."""
+    _ABANDONED.put(call)
+
+
+def ensure_abandoner() -> None:
+    """Start the thread that ends abandoned calls, if it is not running."""
+    with _ABANDONER_LOCK:
+        if _ABANDONER and _ABANDONER[0].is_alive():
+            return
+        thread = threading.Thread(target=_abandoner, name="parlay-abandon", daemon=True)
+        thread.start()
+        _ABANDONER[:] = [thread]
+
+
+def _abandoner() -> None:
+    while (call := _ABANDONED.get()) is not None:
+        try:
+            call.abandon()
+        except Exception:
+            logger.exception("ending an abandoned call failed")
+        del call
+
+
+def _stop_abandoner() -> None:
+    with _ABANDONER_LOCK:
+        threads, _ABANDONER[:] = list(_ABANDONER), []
+    for thread in threads:
+        _ABANDONED.put(None)
+        thread.join(timeout=10)
+
+
 # Task durations measured by earlier calls, by backend and function (see Call._seed).
 _ESTIMATES: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
 _ESTIMATES_LOCK = threading.Lock()
@@ -130,6 +173,7 @@ def _forget_estimates() -> None:
 
 on_shutdown(_forget_estimates)
 on_shutdown(free_spares)
+on_shutdown(_stop_abandoner)
 
 
 def _function_key(func: Callable[..., Any]) -> str:
@@ -248,6 +292,8 @@ class Call:
         self._n_tasks = 0
         self._t0 = time.perf_counter()
         self._closed = False
+        self._thread: int | None = None
+        self._driven = False  # a results generator has started reading the outcomes
         self._aborted = False
         # A worker still held a view of a per-call copy after its batch (see _sharing).
         self._pinned = False
@@ -257,6 +303,7 @@ class Call:
 
     def start(self) -> None:
         """Send the first batches (up to pre_dispatch); later ones go as results return."""
+        self._thread = threading.get_ident()
         self._blocking.__enter__()
         if self._events is not None:
             self._events.emit("call_started", self._info)
@@ -414,13 +461,18 @@ class Call:
         earlier call left running hold some workers."""
         if self._timeout is None:
             return
-        free = self._n_workers
-        orphans = _orphans(self._session)
-        if orphans:
-            free = max(0, min(free, self._session.n_workers - orphans))
+        free = max(0, self._n_workers - _orphans(self._session))
         now = time.monotonic()
-        for record in itertools.islice(self._inflight.values(), free):
-            if record.started is None:
+        wall = time.time()
+        for position, record in enumerate(
+            itertools.islice(self._inflight.values(), self._n_workers)
+        ):
+            # A batch waits for a worker an earlier call holds for a few timeouts at
+            # most: on a cluster those tasks may hold other workers than this call's,
+            # and a task stuck there must still be caught (within five timeouts).
+            if record.started is None and (
+                position < free or wall - record.submitted >= _ORPHAN_WAIT_TIMEOUTS * self._timeout
+            ):
                 record.started = now
 
     # -- waiting ----------------------------------------------------------------------
@@ -429,13 +481,16 @@ class Call:
         if self._timeout is None:
             return self._done.get()
         while True:
+            # Read before starting clocks: orphans that end in between are seen next time
+            # round (a short wait), never missed (an endless wait with no clock running).
+            waiting = _orphans(self._session) > 0
+            self._mark_started()
             running = [
                 r
                 for r in itertools.islice(self._inflight.values(), self._n_workers)
                 if r.started is not None
             ]
             oldest = min(running, key=lambda r: r.started or 0.0, default=None)
-            waiting = _orphans(self._session) > 0
             if oldest is None or oldest.started is None:
                 if not waiting:
                     return self._done.get()
@@ -449,8 +504,6 @@ class Call:
             try:
                 return self._done.get(timeout=max(remaining, 0.0))
             except queue.Empty:
-                if waiting:
-                    self._mark_started()  # a worker an earlier call held may be free
                 continue
 
     def _timeout_error(self, batch: Batch) -> TaskTimeoutError:
@@ -567,7 +620,10 @@ class Call:
         if self._shares is not None:
             # Only after a clean end are the call's copies free of every worker.
             self._shares.clear(recycle=error is None and not self._aborted and not self._pinned)
-        self._blocking.__exit__(None, None, None)
+        if threading.get_ident() == self._thread:
+            self._blocking.__exit__(None, None, None)
+        # else: abandoned, and ended by parlay's own thread (see abandon_later): a Dask
+        # task's thread rejoins its pool only from that thread, which has moved on.
         if self._native_held:
             assert self._native_hold is not None
             _budget.BLAS.release(self._native_hold)
@@ -602,6 +658,7 @@ class Call:
         Closing the inner generator explicitly matters: a traceback keeps the frames (and so
         the generator) alive, and pending work would go on until it is collected.
         """
+        self._driven = True
         outcomes = self._outcomes()
         try:
             yield outcomes
@@ -629,11 +686,12 @@ class Call:
         """End a call whose results generator was dropped before it was ever read.
 
         A generator that never started runs no ``finally`` when it is closed or
-        collected: without this (a finalizer of the generator), the call's pool slot,
-        its hold on the native thread pools (left limited to one thread, for good) and
-        its shared copies stayed taken.
+        collected: without this, the call's pool slot, its hold on the native thread
+        pools (left limited to one thread, for good) and its shared copies stayed taken.
+        Run by parlay's own thread (see :func:`abandon_later`).
         """
-        if not self._closed:
+        # A generator that started ends its call itself, in its own finally.
+        if not self._closed and not self._driven:
             self._abort(kill=False, error=GeneratorExit())
 
     def results_ordered(self) -> Iterator[Any]:

@@ -378,7 +378,7 @@ _SPARES_LOCK = threading.Lock()
 
 
 def _keep_spare(folder: str | None, nbytes: int, path: str) -> None:
-    timer = threading.Timer(_SPARE_SECONDS, _expire_spare, (folder, nbytes, path))
+    timer = threading.Timer(_SPARE_SECONDS, _expire_spare, (folder, nbytes, path, True))
     timer.name = "parlay-spare-segment"
     timer.daemon = True
     with _SPARES_LOCK:
@@ -404,16 +404,17 @@ def _take_spare(folder: str | None, nbytes: int) -> tuple[str, int] | None:
             _remove(path, None)  # removed under us (or unreadable): try the next
 
 
-def _expire_spare(folder: str | None, nbytes: int, path: str) -> None:
+def _expire_spare(folder: str | None, nbytes: int, path: str, in_timer: bool = False) -> None:
     with _SPARES_LOCK:
         spares = _SPARES.get((folder, nbytes), [])
         kept = [(p, t) for p, t in spares if p != path]
         if len(kept) == len(spares):
             return  # taken by a call meanwhile
         _SPARES[(folder, nbytes)] = kept
-    # Freed in this thread, which a new segment waits for (see _wait_for_frees).
-    with _FREEING_LOCK:
-        _FREEING.append(threading.current_thread())
+    if in_timer:
+        # Freed in this thread, which a new segment waits for (see _wait_for_frees).
+        with _FREEING_LOCK:
+            _FREEING.append(threading.current_thread())
     _remove(path, None)
 
 

@@ -476,7 +476,7 @@ def run_packed(payload: bytes, *shared: Any) -> bytes:
     result = run_batch(batch, remote=True)
     result.load_seconds = load_seconds
     if copies:
-        del batch
+        batch = batch.skeleton()  # without the arguments, which hold the mappings
         result.pinned = not unmapped(copies)
     try:
         return _dumps(result)
