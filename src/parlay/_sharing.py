@@ -355,11 +355,16 @@ class CallCopy:
         if self.nbytes < _CLOSE_LATER_BYTES:
             _remove(self.path, mapping)
             return
-        fd = None
-        with contextlib.suppress(OSError):
-            fd = os.open(self.path, os.O_RDONLY)
-        _remove(self.path, None)
-        _close_later(fd, mapping)
+        _remove_and_free_later(self.path, mapping)
+
+
+def _remove_and_free_later(path: str, mapping: mmap.mmap | None) -> None:
+    """Remove `path` now, and free its pages in the background (see CallCopy.release)."""
+    fd = None
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+    _remove(path, None)
+    _close_later(fd, mapping)
 
 
 # Copies from this size are closed (their pages freed) off the caller's thread.
@@ -418,30 +423,26 @@ def _expire_spare(folder: str | None, nbytes: int, path: str, in_timer: bool = F
     _remove(path, None)
 
 
+def _take_all_spares() -> list[tuple[str, threading.Timer]]:
+    """Every kept segment, out of the pool, its timer cancelled."""
+    with _SPARES_LOCK:
+        spares = [entry for entries in _SPARES.values() for entry in entries]
+        _SPARES.clear()
+    for _, timer in spares:
+        timer.cancel()
+    return spares
+
+
 def _discard_spares() -> None:
     """Remove every kept segment, its pages freed in the background (which the next new
     segment waits for)."""
-    with _SPARES_LOCK:
-        if not _SPARES:
-            return
-        spares = [entry for entries in _SPARES.values() for entry in entries]
-        _SPARES.clear()
-    for path, timer in spares:
-        timer.cancel()
-        fd = None
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-        _remove(path, None)
-        _close_later(fd, None)
+    for path, _ in _take_all_spares():
+        _remove_and_free_later(path, None)
 
 
 def free_spares() -> None:
     """Remove every kept segment now (``parlay.shutdown()``)."""
-    with _SPARES_LOCK:
-        spares = [entry for entries in _SPARES.values() for entry in entries]
-        _SPARES.clear()
-    for path, timer in spares:
-        timer.cancel()
+    for path, timer in _take_all_spares():
         if timer.is_alive():
             timer.join()
         _remove(path, None)

@@ -368,31 +368,31 @@ class DaskSession(Session):
     def cancel(self, futures: Iterable[Future[BatchResult]], *, kill: bool) -> None:
         futures = list(futures)
         sources: list[Any] = [f.source for f in futures if isinstance(f, BridgedFuture)]
-        busy: list[str] = []
-        keys = {s.key for s in sources}
-        if kill and sources:
-            # A running Dask task cannot be cancelled: kill the workers running ours.
+        # A running Dask task cannot be cancelled: a worker's thread runs it to its end.
+        busy: list[str] = []  # the workers running ours
+        on_workers: set[Any] = set()  # the keys of ours they hold
+        if sources:
+            keys = {s.key for s in sources}
             with contextlib.suppress(Exception):
-                busy = [w for w, ks in self._client.processing().items() if keys & set(ks)]
-        if not kill and sources:
-            # A running Dask task cannot be cancelled (a worker's thread runs it to its
-            # end): leave the ones on workers to finish, so that their futures tell when
-            # those threads are free (still_running), and cancel the rest. On a worker
-            # means `processing`, which also counts tasks queued there (about one more
-            # per thread): they run out too. Asking the workers which tasks execute
-            # missed those that started between the question and the cancel, and an
-            # untracked one made the next call time out on a healthy task; one tracked
-            # too many only delays the next call's clock (by a few timeouts at most).
-            executing: set[Any] = set()
-            with contextlib.suppress(Exception):
-                for worker_keys in self._client.processing().values():
-                    executing |= keys & set(worker_keys)
+                for worker, worker_keys in self._client.processing().items():
+                    if mine := keys & set(worker_keys):
+                        busy.append(worker)
+                        on_workers |= mine
+        if not kill:
+            # Leave the tasks on workers to finish, so that their futures tell when those
+            # threads are free (still_running), and cancel the rest. On a worker means
+            # `processing`, which also counts tasks queued there (about one more per
+            # thread): they run out too. Asking the workers which tasks execute missed
+            # those that started between the question and the cancel, and an untracked
+            # one made the next call time out on a healthy task; one tracked too many
+            # only delays the next call's clock (by a few timeouts at most).
             futures = [
                 f
                 for f in futures
-                if not (isinstance(f, BridgedFuture) and _key(f.source) in executing)
+                if not (isinstance(f, BridgedFuture) and _key(f.source) in on_workers)
             ]
-            sources = [s for s in sources if s.key not in executing]
+            sources = [s for s in sources if s.key not in on_workers]
+            busy = []
         for future in futures:
             future.cancel()
         if sources:
