@@ -164,6 +164,29 @@ def test_dask_groups_the_tasks_by_function(dask_cluster: str) -> None:
     assert "parlay_slice_sum" in prefixes, prefixes
 
 
+@pytest.mark.timeout(60)
+def test_the_embedded_cluster_sends_a_task_when_a_thread_is_free(dask_cluster: str) -> None:
+    # distributed's default queues a second task on a busy single-threaded worker, placed
+    # before anyone knows which worker frees first: two large batches of a forest's fit
+    # could end up one behind the other on one worker while the other ran single trees.
+    # (Dask places the first tasks of a group at once, whatever the setting; the rest
+    # wait at the scheduler, which is where they must stay until a thread is free.)
+    with distributed.Client(dask_cluster, timeout=10) as client:
+        threads = client.nthreads()
+        futures = [client.submit(time.sleep, 0.4, pure=False) for _ in range(12)]
+        try:
+            assert _wait_until(lambda: sum(f.done() for f in futures) >= 2, 20)
+            seen: dict[str, int] = {}
+            for _ in range(40):
+                for worker, keys in client.processing().items():
+                    seen[worker] = max(seen.get(worker, 0), len(keys))
+                time.sleep(0.025)
+            assert all(seen.get(w, 0) <= threads[w] for w in threads), seen
+            assert not all(f.done() for f in futures), "the tasks ended before the check"
+        finally:
+            distributed.wait(futures, timeout=20)
+
+
 def test_bad_backend_parameters() -> None:
     with pytest.raises(TypeError, match="address"):
         Parallel(n_jobs=2, backend=parlay._backends.backend_class("dask")(address=3))

@@ -59,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
             "distributed.admin.system-monitor.interval": "2s",
         }
     )
+    # A task goes to a worker when one of its threads is free, not earlier. distributed's
+    # default (1.1) lets a single-threaded worker hold a second task queued behind the
+    # one it runs, placed before anyone knows which worker frees first: a scikit-learn
+    # forest's fit through joblib sends single trees and two batches of ~18 trees, and
+    # in 4 refits of 10 in W6 both large batches queued on one worker (0.50-0.57 s
+    # against 0.40 s). With 1.0: none in 18; W5 3.26 s against 3.34-3.38 s, the other
+    # workloads within noise. (Dask still places the first tasks of a task group at
+    # once; only the rest wait at the scheduler.) The price is a scheduler round trip
+    # (~1 ms here) between two tasks of a worker.
+    dask.config.set({"distributed.scheduler.worker-saturation": 1.0})
     cluster = LocalCluster(
         n_workers=args.workers,
         threads_per_worker=args.threads,
