@@ -93,3 +93,29 @@ def test_the_interleaved_runner_names_bad_input(args: list[str], message: str) -
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engines", "threads,serial"], "give serial first"),
+        (["--engines", "serial,gpu"], "unknown: ['gpu']"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+    ],
+)
+def test_the_floor_runner_names_bad_input(args: list[str], message: str) -> None:
+    command = [sys.executable, "-m", "benchmarks.floor", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_the_floor_runs_w6s_fits() -> None:
+    pytest.importorskip("sklearn")
+    from benchmarks.floor import jobs
+    from benchmarks.scikit import W6_CV, W6_GRID
+
+    todo = jobs()
+    candidates = len(W6_GRID["max_depth"]) * len(W6_GRID["min_samples_leaf"])
+    assert len(todo) == candidates * W6_CV
+    assert {len(train) for _params, train in todo} == {3000}  # 2 of 3 folds of 4,500 rows
