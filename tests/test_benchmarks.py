@@ -79,32 +79,24 @@ def test_rounds_must_be_positive() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("runner", "args", "message"),
     [
-        (["W5", "serial"], "give two systems or more"),
-        (["W5", "serial,nope"], "unknown: ['nope']"),
-        (["W6", "serial,parlay-threads", "--calls", "0"], "--calls must be at least 1"),
-        (["W1", "serial,parlay-threads"], "invalid choice: 'W1'"),
-        (["W5", "parlay-ray,joblib-ray"], "cannot share a process"),
+        ("interleaved", ["W5", "serial"], "give two systems or more"),
+        ("interleaved", ["W5", "serial,nope"], "unknown: ['nope']"),
+        (
+            "interleaved",
+            ["W6", "serial,parlay-threads", "--calls", "0"],
+            "--calls must be at least 1",
+        ),
+        ("interleaved", ["W1", "serial,parlay-threads"], "invalid choice: 'W1'"),
+        ("interleaved", ["W5", "parlay-ray,joblib-ray"], "cannot share a process"),
+        ("floor", ["--engines", "threads,serial"], "give serial first"),
+        ("floor", ["--engines", "serial,gpu"], "unknown: ['gpu']"),
+        ("floor", ["--rounds", "0"], "--rounds must be at least 1"),
     ],
 )
-def test_the_interleaved_runner_names_bad_input(args: list[str], message: str) -> None:
-    command = [sys.executable, "-m", "benchmarks.interleaved", *args]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert message in done.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--engines", "threads,serial"], "give serial first"),
-        (["--engines", "serial,gpu"], "unknown: ['gpu']"),
-        (["--rounds", "0"], "--rounds must be at least 1"),
-    ],
-)
-def test_the_floor_runner_names_bad_input(args: list[str], message: str) -> None:
-    command = [sys.executable, "-m", "benchmarks.floor", *args]
+def test_the_one_process_runners_name_bad_input(runner: str, args: list[str], message: str) -> None:
+    command = [sys.executable, "-m", f"benchmarks.{runner}", *args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr
