@@ -224,7 +224,7 @@ class MemorySampler:
         self._root = psutil.Process(os.getpid())
         self._sid = own_session()
         self._session: list[psutil.Process] = []
-        self._session_at = -float("inf")
+        self._looked_at = -float("inf")
         self._tree: list[psutil.Process] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -244,10 +244,10 @@ class MemorySampler:
 
     def _procs(self) -> list[psutil.Process]:
         now = time.monotonic()
-        if now - self._session_at >= SESSION_REFRESH_S:
+        if now - self._looked_at >= SESSION_REFRESH_S:
             if self._sid is not None:
                 self._session = session_members(self._sid)
-            self._tree, self._session_at = tree(self._root, self._session), now
+            self._tree, self._looked_at = tree(self._root, self._session), now
         procs = self._tree
         for proc in procs:
             if proc.pid not in self.names:
@@ -271,7 +271,7 @@ class MemorySampler:
 
     def start(self) -> MemorySampler:
         """Take the baseline and start sampling."""
-        self._session_at = -float("inf")  # look for the processes now
+        self._looked_at = -float("inf")  # look for the processes now
         self.tree_baseline, self.threads_baseline = usage(self._procs(), self._cpu0)
         self.tree_peak, self.threads_peak = self.tree_baseline, self.threads_baseline
         self._cpu = dict(self._cpu0)
@@ -289,7 +289,7 @@ class MemorySampler:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self._session_at = -float("inf")
+        self._looked_at = -float("inf")
         self._sample()
         wall0, busy0 = self._cpu_start
         wall = time.monotonic() - wall0
