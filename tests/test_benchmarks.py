@@ -111,3 +111,22 @@ def test_the_floor_runs_w6s_fits() -> None:
     candidates = len(W6_GRID["max_depth"]) * len(W6_GRID["min_samples_leaf"])
     assert len(todo) == candidates * W6_CV
     assert {len(train) for _params, train in todo} == {3000}  # 2 of 3 folds of 4,500 rows
+
+
+@pytest.mark.timeout(60)
+def test_the_memory_sampler_sees_a_process_started_during_the_calls() -> None:
+    # The sampler looks for the cell's processes every SESSION_REFRESH_S, not at every
+    # sample: a worker started after the baseline must still count, and its memory too.
+    from benchmarks.procs import SESSION_REFRESH_S, MemorySampler
+
+    hold = 3 * SESSION_REFRESH_S
+    code = (
+        "import time; b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); "
+        f"time.sleep({hold})"
+    )
+    with MemorySampler(0.02) as sampler:
+        baseline = sampler.tree_baseline
+        child = subprocess.Popen([sys.executable, "-c", code])
+        child.wait(timeout=30)
+    assert sampler.processes_max >= 2
+    assert sampler.tree_peak - baseline >= 150 << 20, (sampler.tree_peak - baseline) >> 20
