@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.scikit import W6_CV, W6_GRID, W6_SAMPLES, W6_TREES, dataset
+from benchmarks.systems import all_cores
 
 ENGINES = ("serial", "threads", "processes", "dask")
 
@@ -43,11 +44,10 @@ ENGINES = ("serial", "threads", "processes", "dask")
 Job = tuple[dict[str, Any], Any]
 
 
-def jobs() -> list[Job]:
-    """W6's 18 fits: every candidate of the grid on every fold's training rows."""
+def jobs(X: Any) -> list[Job]:
+    """W6's 18 fits of the rows `X`: every candidate of the grid on every fold's training rows."""
     from sklearn.model_selection import KFold, ParameterGrid  # type: ignore[import-untyped]
 
-    X, _ = dataset(W6_SAMPLES)
     folds = [train for train, _test in KFold(W6_CV).split(X)]
     return [(params, train) for params in ParameterGrid(W6_GRID) for train in folds]
 
@@ -124,13 +124,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m benchmarks.floor``."""
-    import os
-
     args = parse(argv)
     warnings.simplefilter("ignore")
     X, y = dataset(W6_SAMPLES)
-    todo = jobs()
-    workers = os.cpu_count() or 1
+    todo = jobs(X)
+    workers = all_cores()
     engines: list[Engine] = []
     walls: dict[str, list[float]] = {}
     fitted: dict[str, list[float]] = {}

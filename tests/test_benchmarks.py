@@ -105,9 +105,9 @@ def test_the_one_process_runners_name_bad_input(runner: str, args: list[str], me
 def test_the_floor_runs_w6s_fits() -> None:
     pytest.importorskip("sklearn")
     from benchmarks.floor import jobs
-    from benchmarks.scikit import W6_CV, W6_GRID
+    from benchmarks.scikit import W6_CV, W6_GRID, W6_SAMPLES, dataset
 
-    todo = jobs()
+    todo = jobs(dataset(W6_SAMPLES)[0])
     candidates = len(W6_GRID["max_depth"]) * len(W6_GRID["min_samples_leaf"])
     assert len(todo) == candidates * W6_CV
     assert {len(train) for _params, train in todo} == {3000}  # 2 of 3 folds of 4,500 rows
