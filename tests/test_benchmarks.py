@@ -93,6 +93,8 @@ def test_rounds_must_be_positive() -> None:
         ("floor", ["--engines", "threads,serial"], "give serial first"),
         ("floor", ["--engines", "serial,gpu"], "unknown: ['gpu']"),
         ("floor", ["--rounds", "0"], "--rounds must be at least 1"),
+        ("pool_sizes", ["--rounds", "0"], "--rounds must be at least 1"),
+        ("pool_sizes", ["--systems", "parlay,nope"], "unknown: ['nope']"),
     ],
 )
 def test_the_one_process_runners_name_bad_input(runner: str, args: list[str], message: str) -> None:

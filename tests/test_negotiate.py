@@ -131,6 +131,44 @@ def test_n_jobs_from_context_and_budget() -> None:
     assert run(n_jobs=3, cores=8, nesting=NESTED_1, backend="threads").n_jobs == 3
 
 
+# Rule 8, the table of README's "How many workers": call's n_jobs x user's n_jobs x
+# backend (the call's own or the user's) -> (workers, where n_jobs came from).
+N_JOBS_TABLE = [
+    # the call's n_jobs wins everywhere
+    (3, None, "threads", 3, "the call's argument"),
+    (3, 5, "processes", 3, "the call's argument"),
+    (-1, None, "cluster", 8, "the call's argument"),
+    (1, 4, "cluster", 1, "the call's argument"),
+    # else the user's
+    (None, 4, "threads", 4, "parallel_config"),
+    (None, 4, "cluster", 4, "parallel_config"),
+    (None, -2, "processes", 7, "parallel_config"),
+    # set nowhere: 1 (joblib's default), but the whole of a cluster
+    (None, None, "processes", 1, "set nowhere: 1"),
+    (None, None, "threads", 1, "set nowhere: 1"),
+    (None, None, "cluster", 8, "the whole cluster"),
+]
+
+
+@pytest.mark.parametrize(("call", "user", "backend", "workers", "why"), N_JOBS_TABLE)
+@pytest.mark.parametrize("whose", ["call", "user"])
+def test_how_many_workers(
+    call: int | None, user: int | None, backend: str, workers: int, why: str, whose: str
+) -> None:
+    where = {"backend": backend} if whose == "call" else {"context": backend}
+    decision = run(n_jobs=call, context_n_jobs=user, cores=8, **where)  # type: ignore[arg-type]
+    assert decision.n_jobs == workers
+    assert why in decision.reasons[0], decision
+
+
+def test_n_jobs_set_nowhere_inside_a_cluster_task_counts_the_task_budget() -> None:
+    # Reentrant cluster kept inside its own task: -1 is the task's budget, here 1 core,
+    # so the nested call runs inline in the task.
+    inside = Nesting(level=1, budget=1, parent="'cluster' with 2 workers")
+    decision = run(n_jobs=None, context="cluster", nesting=inside)
+    assert (decision.backend, decision.n_jobs) == ("sequential", 1)
+
+
 @pytest.mark.parametrize(
     ("workers", "cores", "inner"), [(2, 8, 4), (8, 8, 1), (3, 8, 2), (16, 8, 1)]
 )

@@ -6,7 +6,10 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,8 +20,14 @@ sklearn = pytest.importorskip("sklearn")
 joblib = pytest.importorskip("joblib")
 
 from sklearn.datasets import make_classification  # noqa: E402
-from sklearn.ensemble import RandomForestClassifier  # noqa: E402
+from sklearn.ensemble import (  # noqa: E402
+    BaggingClassifier,
+    RandomForestClassifier,
+    StackingClassifier,
+    VotingClassifier,
+)
 from sklearn.inspection import permutation_importance  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import GridSearchCV, cross_validate  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 from sklearn.utils.parallel import Parallel as SkParallel  # noqa: E402
@@ -186,3 +195,133 @@ def test_import_parlay_still_does_not_import_joblib() -> None:
     code = "import sys, parlay; print('joblib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- estimators at their defaults (n_jobs=None) ------------------------------------------
+
+
+class SlowLogistic(LogisticRegression):
+    """A real estimator whose fit and predict take long enough to need a worker each."""
+
+    def fit(self, X, y, sample_weight=None):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        return super().fit(X, y, sample_weight=sample_weight)
+
+    def predict(self, X):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        return super().predict(X)
+
+
+class Workers(parlay.Instrument):
+    """Where the batches of the joblib calls ran, and how many workers each call had."""
+
+    def __init__(self) -> None:
+        self.places: set[tuple[str, int]] = set()
+        self.sizes: list[int] = []
+
+    def call_started(self, call: parlay.CallInfo) -> None:
+        if call.via == "joblib":
+            self.sizes.append(call.n_workers)
+
+    def batch_finished(self, call: parlay.CallInfo, batch: parlay.BatchReport) -> None:
+        if call.via == "joblib":
+            self.places.add((batch.host, batch.pid))
+
+
+def _defaults() -> dict[str, Callable[[], Any]]:
+    pair = [("a", SlowLogistic()), ("b", SlowLogistic(C=0.3))]
+    return {
+        "VotingClassifier": lambda: (
+            VotingClassifier(pair, voting="soft").fit(X, y).predict_proba(X)
+        ),
+        "StackingClassifier": lambda: StackingClassifier(pair, cv=3).fit(X, y).predict_proba(X),
+        "BaggingClassifier": lambda: (
+            BaggingClassifier(SlowLogistic(), n_estimators=4, random_state=0)
+            .fit(X, y)
+            .predict_proba(X)
+        ),
+        "cross_validate": lambda: cross_validate(SlowLogistic(), X, y, cv=4)["test_score"],
+        "permutation_importance": lambda: (
+            permutation_importance(
+                LogisticRegression().fit(X, y),
+                X,
+                y,
+                n_repeats=2,
+                random_state=0,
+                scoring=_slow_score,
+            ).importances
+        ),
+    }
+
+
+def _slow_score(estimator: Any, X: Any, y: Any) -> float:
+    time.sleep(0.02)
+    return float(estimator.score(X, y))
+
+
+def warm(n: int) -> None:
+    """Have every worker of the call up before the measured work (a fresh pool's first
+    worker to start could otherwise take two short tasks in a row)."""
+    parlay.Parallel(n_jobs=n)(parlay.delayed(time.sleep)(0.2) for _ in range(n))
+
+
+@pytest.mark.parametrize("name", list(_defaults()))
+@pytest.mark.parametrize("engine", ["processes", "dask", "ray"])
+def test_estimators_at_their_defaults_use_the_users_workers(
+    engine: str, name: str, request: pytest.FixtureRequest
+) -> None:
+    # The user's side says the resources; the estimator's n_jobs stays None. On
+    # processes the user names 2 workers; a cluster named with no n_jobs is used whole.
+    run = _defaults()[name]
+    expected = run()
+    config: dict[str, Any] = {"backend": engine}
+    if engine == "processes":
+        config["n_jobs"] = 2
+    else:
+        request.getfixturevalue("dask_cluster" if engine == "dask" else "ray_runtime")
+    workers = Workers()
+    with parlay.parallel_config(**config):
+        warm(2)
+        with parlay.parallel_config(instruments=[workers]):
+            got = run()
+        decision = parlay.explain_last()
+    np.testing.assert_allclose(got, expected)
+    assert workers.sizes
+    assert max(workers.sizes) >= 2, workers.sizes
+    assert len(workers.places) >= 2, f"the work ran on one worker: {workers.places}"
+    assert os.getpid() not in {pid for _, pid in workers.places}
+    assert decision is not None
+    if name != "BaggingClassifier":  # it asks joblib.effective_n_jobs(None) and passes that
+        why = "parallel_config" if engine == "processes" else "the whole cluster"
+        assert why in str(decision), decision
+
+
+def test_an_explicit_n_jobs_1_stays_1() -> None:
+    with parlay.parallel_config(backend="processes", n_jobs=2):
+        VotingClassifier([("a", LogisticRegression())], n_jobs=1).fit(X, y)
+        decision = parlay.explain_last()
+        assert joblib.effective_n_jobs(None) == 2
+        assert joblib.effective_n_jobs(1) == 1
+    assert decision is not None
+    assert decision.n_jobs == 1, decision
+
+
+def test_parlay_n_jobs_from_the_environment_reaches_n_jobs_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PARLAY_N_JOBS", "2")
+    with parlay.parallel_config(backend="threads"):
+        out = SkParallel()(sk_delayed(threading.get_ident)() for _ in range(4))
+        decision = parlay.explain_last()
+    assert decision is not None
+    assert decision.n_jobs == 2
+    assert "PARLAY_N_JOBS" in str(decision), decision
+    assert threading.get_ident() not in out
+
+
+def test_joblibs_own_n_jobs_setting_still_wins_inside_parlays() -> None:
+    with parlay.parallel_config(backend="threads", n_jobs=2), joblib.parallel_config(n_jobs=1):
+        SkParallel()(sk_delayed(abs)(-i) for i in range(3))
+        decision = parlay.explain_last()
+    assert decision is not None
+    assert decision.n_jobs == 1

@@ -20,6 +20,9 @@ The rules, highest first:
    and a backend inherited from outside the task is replaced by threads (or inline for
    a budget of 1), so a task never waits on the pool that runs it. Reentrant backends
    (Dask, whose tasks can leave their worker slot while they wait) are kept.
+8. ``n_jobs`` comes from the call, else the user's context (``parallel_config``, then
+   ``PARLAY_N_JOBS``). Set nowhere, it is ``-1`` (the whole cluster) where the backend
+   is a cluster, as joblib's dask and ray backends do, and 1 elsewhere, as joblib.
 """
 
 from __future__ import annotations
@@ -130,16 +133,20 @@ def decide(
             f"core{'s' if cores != 1 else ''}"
         )
 
-    n_jobs, n_jobs_from = _requested_n_jobs(hints, context)
+    requested = _requested_n_jobs(hints, context)
+    # Unset n_jobs depends on the backend (rule 8): pick it as for one worker first.
+    picked: list[str] = []
+    workers = n_jobs_to_workers(requested[0], cores) if requested is not None else 1
+    backend, rule = _pick_backend(hints, context, capabilities, nesting, workers, picked)
+    caps = capabilities(backend)
+    n_jobs, n_jobs_from = requested if requested is not None else _unset_n_jobs(backend, caps)
     workers = n_jobs_to_workers(n_jobs, cores)
     counted = f"over {cores} core{'s' if cores != 1 else ''} " if n_jobs < 0 else ""
     reasons.append(
         f"n_jobs={n_jobs} ({n_jobs_from}) {counted}gives {workers} worker"
         f"{'s' if workers != 1 else ''}"
     )
-
-    backend, rule = _pick_backend(hints, context, capabilities, nesting, workers, reasons)
-    caps = capabilities(backend)
+    reasons.extend(picked)
     if caps.inline:
         workers = 1
     elif workers == 1 and (nested or not caps.distributed):
@@ -188,12 +195,23 @@ def _one_worker(
     return SHAREDMEM_BACKEND, "n_jobs=1"
 
 
-def _requested_n_jobs(hints: CallHints, context: UserContext) -> tuple[int, str]:
+def _requested_n_jobs(hints: CallHints, context: UserContext) -> tuple[int, str] | None:
+    """n_jobs and where it came from: the call, else the user's context; None if unset."""
     if hints.n_jobs is not None:
         return hints.n_jobs, hints.n_jobs_from
     if context.n_jobs is not None:
         return context.n_jobs, context.n_jobs_from
-    return 1, "the default, as joblib's"
+    return None
+
+
+def _unset_n_jobs(backend: str, caps: Capabilities) -> tuple[int, str]:
+    """Rule 8: n_jobs set nowhere is the whole cluster on a cluster, else 1 (joblib's)."""
+    if caps.distributed:
+        return -1, (
+            f"n_jobs is set nowhere, and {backend!r} is a cluster: the whole cluster, "
+            "as joblib's dask and ray backends do"
+        )
+    return 1, "n_jobs is set nowhere: 1, joblib's default"
 
 
 def _pick_backend(

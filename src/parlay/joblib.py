@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from joblib import parallel_config as _joblib_parallel_config
 from joblib import register_parallel_backend
@@ -47,6 +47,14 @@ from ._worker import Batch, BatchResult, WorkerContext, batch_of, deliver, funct
 __all__ = ["ParlayBackend", "activated"]
 
 _ONE_MIB = 1 << 20
+
+# joblib turns a call's n_jobs=None, when its own context sets no n_jobs either, into
+# the backend's ``default_n_jobs`` before the backend sees the call. The bridge's default
+# is this value, which no one passes, so that configure() knows n_jobs was left unset and
+# parlay's side decides it (parallel_config, PARLAY_N_JOBS, the whole of a cluster). Were
+# it to reach another joblib backend, it would count as 1 worker, joblib's own default
+# (its arithmetic gives max(cores + 1 + n_jobs, 1)).
+UNSET_N_JOBS: Final = -(1 << 62)
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +127,7 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
     supports_sharedmem = True
     supports_inner_max_num_threads = True
     uses_threads = False
-    default_n_jobs = 1
+    default_n_jobs = UNSET_N_JOBS
 
     def __init__(
         self,
@@ -148,7 +156,7 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         **backend_kwargs: Any,
     ) -> int:
         self.parallel = parallel
-        front = Parallel(n_jobs=n_jobs, prefer=prefer, require=require)  # type: ignore[arg-type]
+        front = Parallel(n_jobs=_unset_to_none(n_jobs), prefer=prefer, require=require)  # type: ignore[arg-type]
         decision, backend = front._negotiate()
         remember_decision(decision)
         logger.debug("joblib call from %s: %s", _call_site(), decision)
@@ -196,7 +204,7 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if self._calls:
             return self._calls[-1].decision.n_jobs
-        return Parallel(n_jobs=n_jobs).explain().n_jobs
+        return Parallel(n_jobs=_unset_to_none(n_jobs)).explain().n_jobs
 
     def submit(
         self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
@@ -308,6 +316,10 @@ def _observe(sizer: BatchSizer, size: int, future: Future[BatchResult]) -> None:
     """Feed the call's batch sizer with a finished joblib batch's computing time."""
     if not future.cancelled() and future.exception() is None:
         sizer.observe(size, future.result().elapsed)
+
+
+def _unset_to_none(n_jobs: int | None) -> int | None:
+    return None if n_jobs == UNSET_N_JOBS else n_jobs
 
 
 def _run(batched: Callable[[], Any]) -> Any:
