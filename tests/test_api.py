@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import pickle
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import weakref
 from typing import Any
 
+import numpy as np
 import pytest
 
 import parlay
@@ -47,6 +49,10 @@ BAD_PARALLEL = [
     ({"timeout": "1"}, TypeError, "timeout"),
     ({"pre_dispatch": "3 * n_workers"}, ValueError, "pre_dispatch"),
     ({"pre_dispatch": 0}, ValueError, "pre_dispatch"),
+    ({"pre_dispatch": "__import__('os').getpid()"}, ValueError, "pre_dispatch"),
+    ({"pre_dispatch": "n_jobs / 0"}, ValueError, "pre_dispatch"),
+    ({"max_nbytes": -1.0}, ValueError, "max_nbytes"),
+    ({"max_nbytes": float("nan")}, ValueError, "max_nbytes"),
     ({"verbose": -1}, ValueError, "verbose"),
     ({"verbose": "loud"}, TypeError, "verbose"),
     ({"max_nbytes": "1X"}, ValueError, "max_nbytes"),
@@ -392,3 +398,46 @@ def test_import_is_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split("\n")
     assert out[1] == "", f"import parlay imported {out[1]}"
+
+
+# -- joblib's documented forms -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pre_dispatch", "n_jobs", "in_flight"),
+    [("1.5*n_jobs", 2, 3), ("n_jobs + 1", 2, 3), ("2 * n_jobs", 3, 6), ("n_jobs // 2", 1, 1)],
+)
+def test_pre_dispatch_takes_joblibs_arithmetic(
+    pre_dispatch: str, n_jobs: int, in_flight: int
+) -> None:
+    from parlay._api import _pre_dispatch_batches
+
+    Parallel(pre_dispatch=pre_dispatch)  # accepted, as in joblib's Parallel docstring
+    assert _pre_dispatch_batches(pre_dispatch, n_jobs) == in_flight
+
+
+def has_its_own_buffer(array: np.ndarray) -> bool:
+    """False for an array mapped from a shared copy (its memory is an mmap)."""
+    import mmap
+
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return not isinstance(array, mmap.mmap)
+
+
+def test_max_nbytes_from_parallel_config_and_as_a_float() -> None:
+    big = np.ones(300_000)  # 2.4 MB
+    with parallel_config(backend="processes", n_jobs=2, max_nbytes=None):
+        # Not shared: each batch carries its own copy (the pickled array owns its data).
+        assert Parallel(batch_size=1)([delayed(has_its_own_buffer)(big)]) == [True]
+    with parallel_config(backend="processes", n_jobs=2):
+        assert Parallel(max_nbytes=1e6)([delayed(has_its_own_buffer)(big)]) == [False]
+        assert Parallel(max_nbytes=1e7)([delayed(has_its_own_buffer)(big)]) == [True]
+
+
+def test_verbose_from_parallel_config_logs_each_call(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="parlay"), parallel_config(verbose=5):
+        Parallel(n_jobs=2, backend="threads")(delayed(abs)(-i) for i in range(5))
+    messages = [r.getMessage() for r in caplog.records if r.name == "parlay"]
+    assert any(m.startswith("Parallel: backend='threads'") for m in messages), messages
+    assert any("done: 5 tasks on 'threads' with 2 workers" in m for m in messages), messages

@@ -331,3 +331,43 @@ def test_bad_temp_folders_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PARLAY_TEMP_FOLDER", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="PARLAY_TEMP_FOLDER"):
         parlay.share(np.ones(3))
+
+
+# -- numpy.memmap: joblib's "write the results into a memmap" pattern ---------------------
+
+
+def write_at(out: np.ndarray, index: int) -> bool:
+    out[index] = index + 1
+    return isinstance(out, np.memmap)
+
+
+def try_write(array: np.ndarray) -> str:
+    try:
+        array[0] = 1
+    except ValueError as exc:
+        return str(exc)
+    return "written"
+
+
+def test_workers_write_into_the_callers_memmap(backend: str, tmp_path: Path) -> None:
+    out = np.memmap(tmp_path / "out.mmap", dtype="float64", shape=(6,), mode="w+")
+    kinds = Parallel(n_jobs=2, backend=backend)(delayed(write_at)(out, i) for i in range(6))
+    np.testing.assert_array_equal(out, np.arange(1, 7))
+    assert all(kinds), "a worker did not get a memmap"
+
+
+def test_memmap_views_and_modes_travel_as_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "grid.mmap"
+    grid = np.memmap(path, dtype="int32", shape=(4, 6), mode="w+", offset=24)
+    grid[:] = np.arange(24).reshape(4, 6)
+    grid.flush()
+    # A strided view of the columns: the worker writes through it into the file.
+    columns = grid[1:, ::2]
+    Parallel(n_jobs=2, backend="processes")(delayed(np.negative)(columns, out=columns) for _ in [0])
+    expected = np.arange(24).reshape(4, 6)
+    expected[1:, ::2] *= -1
+    np.testing.assert_array_equal(np.memmap(path, dtype="int32", shape=(4, 6), offset=24), expected)
+    # Opened read-only by the caller, read-only in the worker too (as joblib).
+    reader = np.memmap(path, dtype="int32", shape=(4, 6), mode="r", offset=24)
+    (message,) = Parallel(n_jobs=2, backend="processes")([delayed(try_write)(reader)])
+    assert "read-only" in message

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 import parlay
@@ -325,3 +326,46 @@ def test_joblibs_own_n_jobs_setting_still_wins_inside_parlays() -> None:
         decision = parlay.explain_last()
     assert decision is not None
     assert decision.n_jobs == 1
+
+
+def hang_noting_pid(folder: str) -> None:
+    with open(os.path.join(folder, str(os.getpid())), "w"):
+        pass
+    time.sleep(60)
+
+
+@pytest.mark.timeout(60)
+def test_a_joblib_timeout_kills_the_stuck_workers(tmp_path: Any) -> None:
+    # joblib's loky backend kills its workers when a call times out; through the bridge
+    # the stuck tasks held parlay's pool, and the next call waited for them.
+    with parlay.parallel_config(backend="processes"), pytest.raises(multiprocessing.TimeoutError):
+        joblib.Parallel(n_jobs=2, timeout=1)(
+            joblib.delayed(hang_noting_pid)(str(tmp_path)) for _ in range(2)
+        )
+    pids = [int(name) for name in os.listdir(tmp_path)]
+    assert pids
+    deadline = time.monotonic() + 20
+    while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(psutil.pid_exists(pid) for pid in pids), "a stuck worker is still running"
+    assert parlay.Parallel(n_jobs=2)(parlay.delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+def die(_: int) -> None:
+    os._exit(3)
+
+
+def test_the_bridge_raises_joblibs_error_types_too() -> None:
+    # Code written for joblib catches loky's TerminatedWorkerError and pickle's
+    # PicklingError; parlay's own classes are kept as well.
+    import pickle
+
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    with parlay.parallel_config(backend="processes", n_jobs=2):
+        with pytest.raises(TerminatedWorkerError) as died:
+            joblib.Parallel()(joblib.delayed(die)(i) for i in range(2))
+        with pytest.raises(pickle.PicklingError) as unpicklable:
+            joblib.Parallel()(joblib.delayed(abs)(threading.Lock()) for _ in range(2))
+    assert isinstance(died.value, parlay.WorkerDiedError)
+    assert isinstance(unpicklable.value, parlay.SerializationError)

@@ -7,11 +7,12 @@ session from the backend registry and hands the tasks to :class:`parlay._runner.
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import numbers
+import operator
 import os
-import re
 import threading
 import warnings
 import weakref
@@ -22,7 +23,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, cast, final
 from . import _backends, _budget, _config, _output
 from ._backends._base import Backend, Capabilities, Session
 from ._config import UNSET
-from ._instrument import Dispatcher, Instrument, ProgressBar, RichProgressBar
+from ._instrument import CallLog, Dispatcher, Instrument, ProgressBar, RichProgressBar
 from ._negotiate import CallHints, Decision, UserContext, decide
 from ._runner import Call, abandon_later, ensure_abandoner
 from ._worker import WorkerContext, in_worker_process
@@ -35,6 +36,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 RETURN_AS = ("list", "generator", "generator_unordered")
+_ONE_MIB: Final = 1 << 20
 
 
 class Task(functools.partial[R]):
@@ -196,20 +198,51 @@ def check_tasks(items: list[Any], first: int) -> list[Task[Any]]:
     return [check_task(item, index) for index, item in enumerate(items, first)]
 
 
-_PRE_DISPATCH = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?n_jobs\s*$")
-
-
 def _check_pre_dispatch(value: object) -> str | int:
     if isinstance(value, str):
         text = value.strip()
-        if text == "all" or _PRE_DISPATCH.match(text) or text.isdigit():
+        if text == "all" or _dispatch_expression(text) is not None:
             return text
     elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1:
         return int(value)
     raise ValueError(
-        f"pre_dispatch must be 'all', a positive int, or an expression like '2 * n_jobs'; "
-        f"got {value!r}"
+        f"pre_dispatch must be 'all', a positive int, or an arithmetic expression of n_jobs "
+        f"like '2 * n_jobs' or '1.5*n_jobs'; got {value!r}"
     )
+
+
+_DISPATCH_OPERATORS: Final = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+}
+
+
+def _dispatch_expression(text: str) -> Callable[[int], float] | None:
+    """joblib's ``pre_dispatch`` expression (numbers, ``n_jobs``, + - * / //) as a
+    function of n_jobs; None if `text` is not one. Nothing else is evaluated."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+
+    def value(node: ast.expr, n_jobs: int) -> float:
+        if isinstance(node, ast.Name) and node.id == "n_jobs":
+            return n_jobs
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _DISPATCH_OPERATORS:
+            apply = _DISPATCH_OPERATORS[type(node.op)]
+            return float(apply(value(node.left, n_jobs), value(node.right, n_jobs)))
+        raise ValueError(ast.dump(node))
+
+    try:
+        value(tree, 1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return functools.partial(value, tree)
 
 
 def _pre_dispatch_batches(value: str | int, n_jobs: int) -> int | None:
@@ -218,11 +251,9 @@ def _pre_dispatch_batches(value: str | int, n_jobs: int) -> int | None:
         return value
     if value == "all":
         return None
-    if value.isdigit():
-        return max(1, int(value))
-    match = _PRE_DISPATCH.match(value)
-    factor = int(match.group(1)) if match and match.group(1) else 1
-    return max(1, factor * n_jobs)
+    expression = _dispatch_expression(value)
+    assert expression is not None  # checked by _check_pre_dispatch
+    return max(1, int(expression(n_jobs)))
 
 
 def _check_timeout(value: object) -> float | None:
@@ -300,9 +331,10 @@ class Parallel:
     return_as : {"list", "generator", "generator_unordered"}, default="list"
         A list in task order; a generator in task order, yielding each result as soon
         as it and the ones before it are done; or a generator in completion order.
-    verbose : int, default=0
-        When positive, the decision and a summary of each call are logged at INFO on
-        the ``parlay`` logger (parlay never prints).
+    verbose : int, optional
+        When positive, the decision and a summary of each call (tasks, workers,
+        seconds) are logged at INFO on the ``parlay`` logger (parlay never prints).
+        Unset, the context's ``parallel_config(verbose=...)``, else 0.
     timeout : float, optional
         Seconds a task may run. Enforced per batch (automatic batching keeps batches
         under a quarter of it); past it, :class:`parlay.TaskTimeoutError` (also a
@@ -319,8 +351,9 @@ class Parallel:
         machine (default: ``parallel_config``, ``PARLAY_TEMP_FOLDER``, else ``/dev/shm``,
         or the temp folder when ``/dev/shm`` lacks room). A tmpfs mounted with
         ``huge=within_size`` gives them huge pages, which tasks read faster.
-    max_nbytes : int or str or None, default="1M"
+    max_nbytes : int, float, str or None, optional
         Arrays from this size are sent once per call, not in every batch (None: never).
+        Unset, the context's ``parallel_config(max_nbytes=...)``, else ``"1M"``.
     mmap_mode
         joblib's setting; accepted and validated so joblib code runs unchanged (tasks
         get copy-on-write arrays, never read-only memmaps).
@@ -357,12 +390,12 @@ class Parallel:
         n_jobs: int | None = None,
         backend: str | Backend | None = None,
         return_as: Literal["list", "generator", "generator_unordered"] = "list",
-        verbose: int = 0,
+        verbose: int | _config._Unset = UNSET,
         timeout: float | None = None,
         pre_dispatch: str | int = "2 * n_jobs",
         batch_size: int | Literal["auto"] = "auto",
         temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = "1M",
+        max_nbytes: float | str | _config._Unset | None = UNSET,
         mmap_mode: str | None = "r",
         prefer: Literal["threads", "processes"] | None = None,
         require: Literal["sharedmem"] | None = None,
@@ -376,12 +409,14 @@ class Parallel:
         backend_arg = _none_to_unset(backend)
         self._backend = backend_arg if backend_arg is UNSET else _config.check_backend(backend_arg)
         self._return_as = _config.check_choice(return_as, "return_as", RETURN_AS)
-        self._verbose = _config.check_verbose(verbose)
+        self._verbose = verbose if verbose is UNSET else _config.check_verbose(verbose)
         self._timeout = _check_timeout(timeout)
         self._pre_dispatch = _check_pre_dispatch(pre_dispatch)
         self._batch_size = _check_batch_size(batch_size)
         self._temp_folder = _none_to_unset(_config.check_temp_folder(temp_folder))
-        self._max_nbytes = _config.check_max_nbytes(max_nbytes)
+        self._max_nbytes = (
+            max_nbytes if max_nbytes is UNSET else _config.check_max_nbytes(max_nbytes)
+        )
         _config.check_choice(mmap_mode, "mmap_mode", _config.MMAP_MODES)
         self._prefer = _none_to_unset(_config.check_choice(prefer, "prefer", _config.PREFER_VALUES))
         self._require = _none_to_unset(
@@ -471,7 +506,7 @@ class Parallel:
             )
         cached = decision.nesting_level == 0
         session = _backends.acquire_session(backend, decision, cached=cached)
-        if self._verbose:
+        if self._verbosity():
             logger.info("Parallel: %s", decision)
         return decision, backend, session, not cached
 
@@ -507,7 +542,7 @@ class Parallel:
             pre_dispatch=_pre_dispatch_batches(self._pre_dispatch, decision.n_jobs),
             timeout=self._timeout,
             return_exceptions=self._return_exceptions,
-            max_nbytes=self._max_nbytes,
+            max_nbytes=_config.resolve("max_nbytes", self._max_nbytes, _ONE_MIB).value,
             temp_folder=_config.resolve("temp_folder", self._temp_folder, None).value,
             check_tasks=check_tasks,
             instruments=self._instruments(),
@@ -526,7 +561,13 @@ class Parallel:
         kind = _config.resolve("progress", self._progress, None).value
         if kind is not None and not in_worker_process():
             instruments.append(ProgressBar() if kind == "tqdm" else RichProgressBar())
+        if self._verbosity():
+            instruments.append(CallLog())
         return Dispatcher(instruments) if instruments else None
+
+    def _verbosity(self) -> int:
+        verbosity: int = _config.resolve("verbose", self._verbose, 0).value
+        return verbosity
 
     def __enter__(self) -> Parallel:
         """Fix the decision and hold one session for every call in the block."""

@@ -149,7 +149,7 @@ _BYTE_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 def check_max_nbytes(value: object) -> int | None:
-    """Validate max_nbytes: None, a non-negative int of bytes, or a string like ``"1M"``."""
+    """Validate max_nbytes: None, a non-negative number of bytes, or a string like ``"1M"``."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -161,11 +161,14 @@ def check_max_nbytes(value: object) -> int | None:
         raise ValueError(
             f"max_nbytes must be an int or a string like '1M', '500K', '2G'; got {value!r}"
         )
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    # joblib's own documentation passes floats (max_nbytes=1e6).
+    size = float(value) if isinstance(value, numbers.Real) else -1.0
+    if isinstance(value, bool) or not 0 <= size < 2**63:
         raise ValueError(
-            f"max_nbytes must be None, a non-negative int or a string like '1M'; got {value!r}"
+            f"max_nbytes must be None, a non-negative number of bytes or a string like '1M'; "
+            f"got {value!r}"
         )
-    return int(value)
+    return int(value) if isinstance(value, numbers.Integral) else int(size)
 
 
 def check_temp_folder(value: object, name: str = "temp_folder") -> str | None:

@@ -214,6 +214,35 @@ def _bar_label(call: CallInfo) -> str:
     return "  " * call.nesting_level + label
 
 
+class CallLog(Instrument):
+    """``verbose``: a line at INFO on the ``parlay`` logger when each call ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[int, int] = {}
+
+    def call_started(self, call: CallInfo) -> None:
+        with self._lock:
+            self._done[call.call_id] = 0
+
+    def batch_finished(self, call: CallInfo, batch: BatchReport) -> None:
+        with self._lock:
+            self._done[call.call_id] = self._done.get(call.call_id, 0) + batch.n_tasks
+
+    def call_finished(self, call: CallInfo, error: BaseException | None) -> None:
+        with self._lock:
+            done = self._done.pop(call.call_id, 0)
+        outcome = "done" if error is None else f"failed ({type(error).__name__})"
+        logging.getLogger("parlay").info(
+            "Parallel %s: %d tasks on %r with %d workers in %.3f s",
+            outcome,
+            done,
+            call.backend,
+            call.n_workers,
+            time.time() - call.started,
+        )
+
+
 class ProgressBar(Instrument):
     """A progress bar of completed tasks (tqdm; ``tqdm.auto`` picks a notebook widget).
 

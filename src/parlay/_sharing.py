@@ -106,6 +106,10 @@ def _pickler_class() -> type:
 
         def reducer_override(self, obj: Any) -> Any:
             if type(obj).__name__ in _ARRAY_TYPES:
+                if self.local and type(obj).__name__ == "memmap":
+                    reopen = memmap_reopener(obj)
+                    if reopen is not None:
+                        return reopen
                 position = self._left_out(obj)
                 if position is not None:
                     return _shared_value, (position,)
@@ -153,7 +157,45 @@ def _pickler_class() -> type:
 
 
 # The names of the array types the sharing pickler looks at (numpy's and parlay.share's).
-_ARRAY_TYPES: Final = frozenset({"ndarray", "SharedArray"})
+_ARRAY_TYPES: Final = frozenset({"ndarray", "SharedArray", "memmap"})
+
+
+def memmap_reopener(array: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """How a worker on this machine opens the file of a ``numpy.memmap`` (or a view of one)
+    again, so that its writes reach the file, as joblib does; None to pickle a copy.
+
+    joblib documents writing results into a memmap the caller made (``mode="w+"``); a
+    pickled copy would drop those writes without a word. The worker maps the same bytes
+    of the same file in the same mode (``"w+"`` becomes ``"r+"``: the file exists now).
+    Views with negative strides are copied.
+    """
+    np = _numpy()
+    base = getattr(array, "_mmap", None)
+    filename = getattr(array, "filename", None)
+    if base is None or filename is None or not array.size or min(array.strides) < 0:
+        return None
+    mapped = np.frombuffer(base, dtype=np.uint8)
+    start = array.__array_interface__["data"][0] - mapped.__array_interface__["data"][0]
+    # numpy maps from the offset rounded down to the allocation granularity.
+    file_start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY + start
+    mode = "r+" if array.mode == "w+" else array.mode
+    last = sum((n - 1) * stride for n, stride in zip(array.shape, array.strides, strict=True))
+    span = last + array.itemsize  # bytes from the first element to the end of the last
+    order = "C" if array.flags.c_contiguous else "F" if array.flags.f_contiguous else None
+    layout = (array.shape, array.strides, order)
+    return _open_memmap, (filename, array.dtype, mode, file_start, span, layout)
+
+
+def _open_memmap(
+    filename: str, dtype: Any, mode: str, start: int, span: int, layout: tuple[Any, ...]
+) -> Any:
+    """In the worker: the caller's memmap (see :func:`memmap_reopener`)."""
+    np = _numpy()
+    shape, strides, order = layout
+    if order is not None:
+        return np.memmap(filename, dtype=dtype, mode=mode, offset=start, shape=shape, order=order)
+    raw = np.memmap(filename, dtype=np.uint8, mode=mode, offset=start, shape=(span,))
+    return np.ndarray(shape, dtype, buffer=raw, strides=strides)
 
 
 def dumps_sharing(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import pickle
 import queue
 import threading
 import time
@@ -33,18 +34,20 @@ from typing import Any, Final
 from joblib import parallel_config as _joblib_parallel_config
 from joblib import register_parallel_backend
 from joblib._parallel_backends import ParallelBackendBase
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 from . import _backends, _budget, _config
 from ._api import Parallel, remember_decision, task_context
 from ._backends._base import Capabilities, Session
 from ._batching import BatchSizer
+from ._exceptions import SerializationError, WorkerDiedError
 from ._instrument import CallInfo, Dispatcher
 from ._negotiate import Decision
 from ._runner import native_hold
 from ._sharing import CallShares
 from ._worker import Batch, BatchResult, WorkerContext, batch_of, deliver, function_name, report
 
-__all__ = ["ParlayBackend", "activated"]
+__all__ = ["JoblibSerializationError", "JoblibWorkerDiedError", "ParlayBackend", "activated"]
 
 _ONE_MIB = 1 << 20
 
@@ -115,6 +118,32 @@ class _Deliveries:
                 logger.exception("joblib's completion callback failed")
 
 
+class JoblibWorkerDiedError(WorkerDiedError, TerminatedWorkerError):  # type: ignore[misc]
+    """A worker died under a joblib call: parlay's error, and joblib's (loky's) own, so
+    that ``except TerminatedWorkerError`` written for joblib still catches it."""
+
+
+class JoblibSerializationError(SerializationError, pickle.PicklingError):
+    """A joblib batch could not be pickled or unpickled: parlay's error, and the
+    ``pickle.PicklingError`` joblib raises, so that code written for joblib still
+    catches it."""
+
+
+def _as_joblibs(error: BaseException) -> BaseException:
+    """`error` as an instance of what joblib would raise too, where parlay's differs."""
+    bridged: BaseException
+    if isinstance(error, WorkerDiedError) and not isinstance(error, TerminatedWorkerError):
+        bridged = JoblibWorkerDiedError(str(error), tasks=error.tasks, exit_codes=error.exit_codes)
+    elif isinstance(error, SerializationError) and not isinstance(error, pickle.PicklingError):
+        bridged = JoblibSerializationError(str(error))
+    else:
+        return error
+    bridged.__cause__ = error.__cause__
+    for note in getattr(error, "__notes__", ()):
+        bridged.add_note(note)
+    return bridged
+
+
 class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
     """joblib backend that runs joblib's batches on parlay's negotiated backend.
 
@@ -181,8 +210,8 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
             context,
             BatchSizer(None, target=_batch_seconds(caps), n_workers=decision.n_jobs, timeout=None),
         )
-        max_nbytes = backend_kwargs.get("max_nbytes", _ONE_MIB)
-        if caps.separate_processes and isinstance(max_nbytes, int):
+        max_nbytes = _config.check_max_nbytes(backend_kwargs.get("max_nbytes", _ONE_MIB))
+        if caps.separate_processes and max_nbytes is not None:
             folder = backend_kwargs.get("temp_folder")
             if folder is None:
                 folder = _config.resolve("temp_folder", _config.UNSET, None).value
@@ -216,7 +245,10 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
             0, [_run], [(func,)], [None], state.context, True, state.cancel, state.shares
         )
         submitted = time.time()
-        future = state.session.submit(batch)
+        try:
+            future = state.session.submit(batch)
+        except SerializationError as exc:
+            raise _as_joblibs(exc) from exc.__cause__
         state.futures.add(future)
         future.add_done_callback(state.futures.discard)
         size = len(func) if hasattr(func, "__len__") else 1  # joblib tasks in the batch
@@ -235,10 +267,13 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
         return future
 
     def retrieve_result_callback(self, future: Future[BatchResult]) -> Any:
-        result = future.result()
+        try:
+            result = future.result()
+        except (WorkerDiedError, SerializationError) as exc:
+            raise _as_joblibs(exc) from exc.__cause__
         deliver(result)
         if result.fatal is not None:
-            raise result.fatal
+            raise _as_joblibs(result.fatal)
         if result.errors:
             raise result.values[0]  # joblib names the task and keeps the traceback
         return result.values[0]
@@ -256,7 +291,12 @@ class ParlayBackend(ParallelBackendBase):  # type: ignore[misc]
             return
         state = self._calls[-1]
         state.cancel.set()
-        state.session.cancel(list(state.futures), kill=False)
+        # joblib aborts a call on a task's error and on its timeout. A call with a timeout
+        # kills its running batches, where the engine can, as parlay's own calls do at a
+        # timeout (and joblib's loky backend at every abort): a stuck task would hold its
+        # worker, and every later call would wait for it. Otherwise they finish unseen.
+        kill = getattr(self.parallel, "timeout", None) is not None
+        state.session.cancel(list(state.futures), kill=kill)
         # joblib goes on using this instance after an abort when ensure_ready is set.
         state.cancel = threading.Event()
 
