@@ -26,10 +26,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
+
+from benchmarks.systems import parse_names, run_child
 
 SYSTEMS = ("parlay", "joblib-loky")
 SIZES = (2, 3, 8, 16, 32, 2)
@@ -105,10 +106,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
-    unknown = [name for name in args.systems if name not in SYSTEMS]
-    if unknown or not args.systems:
-        p.error(f"give systems among {', '.join(SYSTEMS)}; unknown: {unknown}")
+    args.systems = parse_names(p, args.systems, SYSTEMS)
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
     return args
@@ -123,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.rounds):
         order = args.systems if round_ % 2 == 0 else args.systems[::-1]
         for name in order:
-            command = [sys.executable, "-m", "benchmarks.pool_sizes", "--child", name]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
-            record = json.loads(done.stdout.strip().splitlines()[-1])
+            record = run_child("benchmarks.pool_sizes", name, timeout=600)
             runs[name].append(record)
             print(f"round {round_ + 1}: {name} {record['total']:.2f} s", file=sys.stderr)
     first = statistics.median(r["total"] for r in runs[args.systems[0]])

@@ -25,12 +25,13 @@ import argparse
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+from benchmarks.systems import parse_names, run_child
 
 SYSTEMS = (
     "parlay-processes",
@@ -139,10 +140,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
-    unknown = [name for name in args.systems if name not in SYSTEMS]
-    if unknown or not args.systems:
-        p.error(f"give systems among {', '.join(SYSTEMS)}; unknown: {unknown}")
+    args.systems = parse_names(p, args.systems, SYSTEMS)
     return args
 
 
@@ -153,12 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = {}
     for system in args.systems:
-        command = [sys.executable, "-m", "benchmarks.sklearn_defaults", "--child", system]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            print(f"{system} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        try:
+            results[system] = run_child("benchmarks.sklearn_defaults", system, 900)["rows"]
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
             continue
-        results[system] = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
         print(f"{system}: done", file=sys.stderr)
     names = list(next(iter(results.values()))) if results else []
     print(f"Processes that did each estimator's work, estimator at n_jobs=None; {os.cpu_count()}")

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -245,3 +248,22 @@ def group_members(group: str) -> list[str]:
 def all_cores() -> int:
     """Number of cores the workloads use (``n_jobs = all cores``)."""
     return os.cpu_count() or 1
+
+
+def parse_names(parser: Any, text: str, known: Sequence[str]) -> list[str]:
+    """The comma-separated names of `text`, each one of `known`; else the parser's error."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        parser.error(f"give systems among {', '.join(known)}; unknown: {unknown}")
+    return names
+
+
+def run_child(module: str, name: str, timeout: float) -> dict[str, Any]:
+    """Run ``python -m <module> --child <name>`` and return the JSON of its last line."""
+    command = [sys.executable, "-m", module, "--child", name]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} --child {name} failed:\n{done.stderr[-2000:]}")
+    record: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return record
