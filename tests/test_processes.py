@@ -99,3 +99,25 @@ def test_a_nested_process_pool_is_closed_with_its_call() -> None:
     assert all(n >= 1 for n in out)
     parlay.shutdown()
     assert not workers()
+
+
+def test_closing_a_session_settles_its_waiting_batches() -> None:
+    # A private (nested-call) session of one worker: two of its three batches wait for
+    # a slot, and close() must cancel them rather than leave them pending for good.
+    from parlay._api import task_context
+    from parlay._backends.processes import ProcessesBackend
+    from parlay._negotiate import Decision
+    from parlay._worker import batch_of
+
+    decision = Decision("processes", 1, "explicit", nesting_level=1, inner_budget=1)
+    session = ProcessesBackend().open(decision)
+    context = task_context(decision, ProcessesBackend.capabilities)
+    futures = [
+        session.submit(
+            batch_of(i, [time.sleep], [(0.3,)], [None], context, True, threading.Event(), None)
+        )
+        for i in range(3)
+    ]
+    session.close()
+    assert all(future.done() for future in futures)
+    assert [future.cancelled() for future in futures] == [False, True, True]

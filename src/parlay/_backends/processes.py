@@ -113,8 +113,8 @@ class _Pool:
     def executor(self, n_workers: int, budget: int, *, shrink: bool) -> Any:
         """The executor, sized for a session of `n_workers`, counting a batch as started.
 
-        `shrink` is False where a session's queued batch starts (in the engine's callback):
-        the pool shrinks when a call begins.
+        `shrink` is False where a session's queued batch starts: shrinking waits for
+        loky's manager thread, which runs the callback that starts it.
         """
         with self._lock:
             executor = self._executor
@@ -133,7 +133,10 @@ class _Pool:
                 and self._busy == 0
                 and not executor._pending_work_items
             ):
-                _retire(executor, n_workers)
+                # loky's resize: the extra workers exit, and it waits until they are gone
+                # (a pool growing while they leave would count them as running). Nothing
+                # of any session runs, and no callback of ours can wait on this lock.
+                executor._resize(n_workers)
             self._busy += 1
             return executor
 
@@ -177,22 +180,6 @@ class _Pool:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, kill_workers=True)
-
-
-def _retire(executor: Any, n_workers: int) -> None:
-    """Have the workers beyond `n_workers` of an idle executor exit, without waiting.
-
-    loky's own resize (``_ReusablePoolExecutor._resize``, which joblib uses) does the same
-    and then waits until they are gone: measured here, 30 workers that had imported
-    scikit-learn took 3.7 s of the 2 cores to exit, all of it before the next call could
-    start. Here they exit while it runs: each takes one of the stop signals put ahead of
-    its batches, and loky's manager thread drops it from the pool.
-    """
-    with executor._processes_management_lock:  # no worker leaves on its idle timeout now
-        alive = sum(process.is_alive() for process in executor._processes.values())
-        executor._max_workers = n_workers
-        for _ in range(n_workers, alive):
-            executor._call_queue.put(None)
 
 
 _SHARED: _Pool | None = None
@@ -269,8 +256,6 @@ class ProcessesSession(Session):
 
     def _start(self, target: _PoolFuture, *, shrink: bool = False) -> None:
         """Submit a batch that has a slot of the session; errors go to its future."""
-        from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
-
         batch, payload = target.batch, target.payload
         target.payload = None
         assert payload is not None
@@ -278,6 +263,24 @@ class ProcessesSession(Session):
         with self._lock:
             home_ref = None if call is None else self._homes.get(call)
         home = None if home_ref is None else home_ref()
+        try:
+            self._submit(target, batch, payload, home, home_ref, shrink=shrink)
+        except Exception as exc:  # an engine's error (starting a worker), or at exit
+            self._fail(target, exc)
+
+    def _submit(
+        self,
+        target: _PoolFuture,
+        batch: Batch,
+        payload: tuple[Any, ...],
+        home: Any,
+        home_ref: weakref.ref[Any] | None,
+        *,
+        shrink: bool,
+    ) -> None:
+        from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
+
+        call = batch.cancel
         executor: Any = None
         for attempt in (1, 2):
             executor = self._pool.executor(self.n_workers, self._budget, shrink=shrink)
@@ -292,7 +295,10 @@ class ProcessesSession(Session):
             try:
                 source = executor.submit(run_packed, *payload)
                 break
-            except (BrokenProcessPool, ShutdownExecutorError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, BrokenProcessPool | ShutdownExecutorError):
+                    self._pool.done()
+                    raise
                 # The pool broke (a worker died): start a new one.
                 self._pool.done()
                 self._pool.discard(executor, kill=True)
@@ -369,7 +375,7 @@ class ProcessesSession(Session):
             self._closed = True
             waiting, self._waiting = list(self._waiting), collections.deque()
         for target in waiting:
-            target.cancel()
+            target.source_cancelled()  # never started: nothing else would settle it
         self._pool.release()
 
     def describe(self) -> str:
