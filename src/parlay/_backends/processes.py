@@ -256,6 +256,14 @@ class ProcessesSession(Session):
 
     def _start(self, target: _PoolFuture, *, shrink: bool = False) -> None:
         """Submit a batch that has a slot of the session; errors go to its future."""
+        try:
+            self._submit(target, shrink=shrink)
+        except Exception as exc:  # an engine's error (starting a worker), or at exit
+            self._fail(target, exc)
+
+    def _submit(self, target: _PoolFuture, *, shrink: bool) -> None:
+        from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
+
         batch, payload = target.batch, target.payload
         target.payload = None
         assert payload is not None
@@ -263,24 +271,6 @@ class ProcessesSession(Session):
         with self._lock:
             home_ref = None if call is None else self._homes.get(call)
         home = None if home_ref is None else home_ref()
-        try:
-            self._submit(target, batch, payload, home, home_ref, shrink=shrink)
-        except Exception as exc:  # an engine's error (starting a worker), or at exit
-            self._fail(target, exc)
-
-    def _submit(
-        self,
-        target: _PoolFuture,
-        batch: Batch,
-        payload: tuple[Any, ...],
-        home: Any,
-        home_ref: weakref.ref[Any] | None,
-        *,
-        shrink: bool,
-    ) -> None:
-        from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
-
-        call = batch.cancel
         executor: Any = None
         for attempt in (1, 2):
             executor = self._pool.executor(self.n_workers, self._budget, shrink=shrink)
@@ -296,11 +286,10 @@ class ProcessesSession(Session):
                 source = executor.submit(run_packed, *payload)
                 break
             except Exception as exc:
+                self._pool.done()
                 if not isinstance(exc, BrokenProcessPool | ShutdownExecutorError):
-                    self._pool.done()
                     raise
                 # The pool broke (a worker died): start a new one.
-                self._pool.done()
                 self._pool.discard(executor, kill=True)
                 if attempt == 2:
                     self._fail(target, self._map_error(exc, batch, executor))
